@@ -1,0 +1,36 @@
+# pretrain3d: one dependency graph from raw data to the report.
+#   snakemake --cores all                      the embedded benchmark (params.yaml)
+#   snakemake --cores all --configfile configs/X.yaml    a real-scale overlay
+# The config is validated by the same pydantic model every CLI stage uses (rules/common.smk).
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/finetune.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+onstart:
+    start_pipeline_run()
+
+
+onsuccess:
+    end_pipeline_run("FINISHED")
+
+
+onerror:
+    end_pipeline_run("FAILED")
+
+
+rule all:
+    default_target: True
+    input:
+        REPORT_FILES,

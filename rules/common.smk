@@ -1,0 +1,69 @@
+# Shared helpers: config validation, the resolved config file every job reads, MLflow parent run.
+import os
+
+from pretrain3d.atomic import write_text
+from pretrain3d.config import config_hash, dump_yaml, validate_config
+
+PARAMS = validate_config(config, source="Snakemake config (params.yaml + --configfile/--config)")
+config = PARAMS.model_dump(mode="json")
+
+# Every job loads this one file through the same pydantic model (so overlays and --config
+# overrides reach the stages). It is rewritten only when its content changes; rerun triggers come
+# from each rule's `params:` (the config sections the rule depends on), not from this file.
+RESOLVED_CONFIG = ".pretrain3d/config.resolved.yaml"
+_resolved = dump_yaml(PARAMS)
+if not os.path.exists(RESOLVED_CONFIG) or open(RESOLVED_CONFIG).read() != _resolved:
+    os.makedirs(os.path.dirname(RESOLVED_CONFIG), exist_ok=True)
+    write_text(RESOLVED_CONFIG, _resolved)
+
+RAW_ROOT = PARAMS.data.raw_root
+PROCESSED_ROOT = PARAMS.data.processed_root
+METHODS = PARAMS.experiment.methods
+SEEDS = PARAMS.experiment.seeds
+REPORT_FILES = ["results/summary.json", "results/report.md"]
+
+
+wildcard_constraints:
+    method="|".join(METHODS),
+    seed=r"\d+",
+
+
+def section(*keys):
+    """A config section as a rule param, so changing it reruns exactly the rules that use it."""
+    node = config
+    for k in keys:
+        node = node[k]
+    return node
+
+
+def metrics_files():
+    return expand("results/runs/{method}/seed{seed}/metrics.json", method=METHODS, seed=SEEDS)
+
+
+OWN_PARENT = []  # the parent run this invocation created (and so must end)
+
+
+def start_pipeline_run():
+    if not PARAMS.tracking.enabled:
+        return
+    from pretrain3d.stages.common import job_tags
+    from pretrain3d.tracking import mlflow_runs
+
+    tags = job_tags(PARAMS, "pipeline")
+    if os.environ.get(mlflow_runs.PARENT_ENV):
+        return  # an outer invocation owns the parent
+    if os.environ.get("DVC_STAGE"):
+        # dvc repro runs one Snakemake per stage: they share one parent, found by pipeline_key.
+        run_id = mlflow_runs.find_or_start_dvc_parent(
+            PARAMS.tracking, tags["pipeline_key"], f"dvc-{PARAMS.experiment.name}", tags)
+    else:
+        run_id = mlflow_runs.start_parent(PARAMS.tracking, f"pipeline-{PARAMS.experiment.name}", tags)
+        OWN_PARENT.append(run_id)
+    os.environ[mlflow_runs.PARENT_ENV] = run_id  # inherited by every job's process
+
+
+def end_pipeline_run(status):
+    from pretrain3d.tracking import mlflow_runs
+
+    for run_id in OWN_PARENT:
+        mlflow_runs.end_parent(PARAMS.tracking, run_id, status)

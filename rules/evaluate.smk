@@ -1,0 +1,27 @@
+# Evaluation on every original point of the val split.
+
+
+rule evaluate:
+    input:
+        data=PROCESSED_ROOT,
+        model="results/runs/{method}/seed{seed}/model.pt",
+    output:
+        metrics="results/runs/{method}/seed{seed}/metrics.json",
+        confusion="results/runs/{method}/seed{seed}/confusion.png",
+        render="results/runs/{method}/seed{seed}/render.png",
+    params:
+        config=RESOLVED_CONFIG,
+        grid_size=section("train", "grid_size"),
+        eval=section("eval"),
+    log:
+        "logs/evaluate/{method}-seed{seed}.log",
+    benchmark:
+        "benchmarks/evaluate/{method}-seed{seed}.tsv"
+    threads: 1
+    conda:
+        "../envs/cpu.yaml"
+    message:
+        "Evaluating {wildcards.method}, seed {wildcards.seed}"
+    shell:
+        "pretrain3d evaluate --config {params.config} --model {input.model} --method {wildcards.method}"
+        " --seed {wildcards.seed} --out-dir results/runs/{wildcards.method}/seed{wildcards.seed} > {log} 2>&1"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The main job: the full embedded benchmark (generate → preprocess → fine-tune × seeds →
+# evaluate → report), then the wall time of every stage. Extra arguments go to snakemake.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+export PATH="$PWD/.venv/bin:$PATH"
+start=$(date +%s)
+snakemake --cores all --show-failed-logs "$@"
+python scripts/stage_times.py --since "$start"
+echo "elapsed: $(( $(date +%s) - start )) s"
+echo "Report: results/report.md   Summary: results/summary.json   MLflow UI: see README"

@@ -1,0 +1,244 @@
+"""The one config: pydantic models of params.yaml.
+
+Every entry point (the Snakefile, each CLI stage, and therefore `dvc repro`) loads the config
+through `load_config`, so a wrong type, an unknown key or a missing value fails the same way
+everywhere, with the key path in the message.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pretrain3d.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo in params.yaml must never be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# ----------------------------------------------------------------------------- experiment
+class ExperimentConfig(_Strict):
+    name: str = Field("embedded-benchmark", description="Label of this benchmark; used in MLflow run names.")
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Every method runs once per seed.")
+    methods: list[Literal["scratch"]] = Field(["scratch"], min_length=1, description="Methods to compare.")
+
+
+# ----------------------------------------------------------------------------- data
+class SyntheticConfig(_Strict):
+    seed: int = 2026
+    num_train: int = Field(16, ge=1)
+    num_val: int = Field(6, ge=1)
+    frames_per_scene: int = Field(8, ge=1)
+    image_width: int = Field(160, ge=16)
+    image_height: int = Field(120, ge=16)
+    points_per_m2: float = Field(600.0, gt=0)
+
+
+class SevenScenesConfig(_Strict):
+    root: str = "../shared/data/7scenes-redkitchen"
+    frame_step: int = Field(5, ge=1)
+    voxel_size: float = Field(0.02, gt=0)
+
+
+class DataConfig(_Strict):
+    dataset: Literal["synthetic", "scannet_like"] = Field(
+        "synthetic",
+        description="synthetic: generate procedural rooms into raw_root first; "
+        "scannet_like: raw_root already holds scans/<scene>/ in the ScanNet-like layout.",
+    )
+    raw_root: str = "data/raw/synthetic"
+    processed_root: str = "data/processed/synthetic"
+    num_classes: int = Field(20, ge=1)
+    workers: int = Field(2, ge=1, description="Processes for generation and preprocessing.")
+    synthetic: SyntheticConfig = SyntheticConfig()
+    sevenscenes: SevenScenesConfig = SevenScenesConfig()
+
+
+# ----------------------------------------------------------------------------- model
+class ModelConfig(_Strict):
+    """SpUNet widths/depths. Full SpUNet-v1m1: stem 32, channels (32,64,128,256,256,128,96,96),
+    layers (2,3,4,6,2,2,2,2) — see configs/scannet-scratch.yaml."""
+
+    in_channels: int = Field(6, ge=1, description="color/255 (3) + normal (3).")
+    stem_channels: int = Field(16, ge=1)
+    channels: list[int] = Field([16, 32, 64, 64, 64, 64, 48, 48], min_length=8, max_length=8)
+    layers: list[int] = Field([1, 1, 2, 2, 1, 1, 1, 1], min_length=8, max_length=8)
+    bn_eps: float = Field(1e-3, gt=0)
+    bn_momentum: float = Field(0.01, gt=0, le=1)
+
+
+# ----------------------------------------------------------------------------- training
+class AugmentConfig(_Strict):
+    rotate_z: float = Field(1.0, ge=0, description="Max |angle| about z, in units of pi.")
+    rotate_xy: float = Field(1 / 64, ge=0, description="Max |tilt| about x and y, in units of pi.")
+    rotate_p: float = Field(0.5, ge=0, le=1)
+    scale: tuple[float, float] = (0.9, 1.1)
+    flip_p: float = Field(0.5, ge=0, le=1)
+    jitter_sigma: float = Field(0.005, ge=0)
+    jitter_clip: float = Field(0.02, ge=0)
+    elastic: list[tuple[float, float]] = Field(
+        [(0.2, 0.4), (0.8, 1.6)], description="(granularity, magnitude) pairs, metres; [] disables."
+    )
+    elastic_p: float = Field(0.95, ge=0, le=1)
+    chromatic_contrast_p: float = Field(0.2, ge=0, le=1)
+    chromatic_translation_p: float = Field(0.95, ge=0, le=1)
+    chromatic_translation_ratio: float = Field(0.05, ge=0)
+    chromatic_jitter_p: float = Field(0.95, ge=0, le=1)
+    chromatic_jitter_std: float = Field(0.05, ge=0)
+
+
+class TrainConfig(_Strict):
+    grid_size: float = Field(0.05, gt=0, description="Voxel size in metres (2 cm at full scale).")
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(4, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(1e-4, ge=0)
+    scheduler: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    pct_start: float = Field(0.05, gt=0, lt=1)
+    div_factor: float = Field(10.0, gt=0)
+    final_div_factor: float = Field(1e4, gt=0)
+    grad_clip: float | None = Field(1.0, description="Max grad norm; null disables.")
+    amp: bool = Field(True, description="Mixed precision; only takes effect on CUDA.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int = Field(25, ge=1, description="Steps between resumable checkpoints.")
+    val_every: int = Field(5, ge=1, description="Epochs between validations (the last epoch always validates).")
+    num_workers: int = Field(1, ge=0, description="DataLoader worker processes.")
+    max_points: int | None = Field(None, ge=1, description="Random crop to at most this many voxels per scene.")
+    augment: AugmentConfig = AugmentConfig()
+    threads: int = Field(2, ge=1, description="torch CPU threads per training job.")
+
+
+class EvalConfig(_Strict):
+    render_scene: str | None = Field(None, description="Val scene rendered to PNG; default the first.")
+
+
+class TrackingConfig(_Strict):
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (relative sqlite paths: repo root).")
+    artifact_root: str = Field("mlartifacts", description="Artifact location for new experiments.")
+    experiment: str = "pretrain3d"
+    enabled: bool = True
+    log_checkpoint: bool = Field(True, description="Log the final checkpoint as an MLflow artifact.")
+
+
+class Params(_Strict):
+    experiment: ExperimentConfig = ExperimentConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("experiment")
+    @classmethod
+    def _unique_seeds(cls, v: ExperimentConfig) -> ExperimentConfig:
+        if len(set(v.seeds)) != len(v.seeds):
+            raise ValueError(f"seeds must be unique, got {v.seeds}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "Params":
+        if self.model.in_channels != 6:
+            raise ValueError("model.in_channels must be 6 (colour + normal) for the current data pipeline")
+        return self
+
+
+# ----------------------------------------------------------------------------- loading
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """Recursively merge ``overlay`` into a copy of ``base`` (overlay wins; lists are replaced)."""
+    out = copy.deepcopy(base)
+    for k, v in overlay.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (typo? see `pretrain3d schema` for the valid keys)"
+        elif e["type"] == "missing":
+            msg = "missing value"
+        else:
+            msg = e["msg"]
+            if "input" in e and not isinstance(e["input"], dict):
+                msg += f" (got {e['input']!r})"
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def validate_config(data: dict[str, Any] | None, source: str = "params.yaml") -> Params:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(*paths: str | Path) -> Params:
+    """Load params.yaml and overlays (later files win) and validate them as one config."""
+    if not paths:
+        paths = ("params.yaml",)
+    merged: dict[str, Any] = {}
+    for p in paths:
+        merged = deep_merge(merged, read_yaml(p))
+    return validate_config(merged, source=" + ".join(str(p) for p in paths))
+
+
+def config_hash(cfg: Params | dict) -> str:
+    """sha256 of the canonical JSON of the config, first 12 hex characters."""
+    data = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; used for MLflow params."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def json_schema() -> dict[str, Any]:
+    return Params.model_json_schema()
+
+
+def dump_yaml(cfg: Params) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

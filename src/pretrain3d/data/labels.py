@@ -1,0 +1,99 @@
+"""ScanNet-20 benchmark classes and the NYU40 -> ScanNet-20 mapping.
+
+ScanNet annotates with NYU40 ids (1..40, 0 = unannotated); the semantic-segmentation
+benchmark keeps 20 of them. ``nyu40_to_scannet20`` maps every other id to ``IGNORE_INDEX``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE_INDEX = -1
+
+SCANNET20_NAMES: tuple[str, ...] = (
+    "wall",
+    "floor",
+    "cabinet",
+    "bed",
+    "chair",
+    "sofa",
+    "table",
+    "door",
+    "window",
+    "bookshelf",
+    "picture",
+    "counter",
+    "desk",
+    "curtain",
+    "refrigerator",
+    "shower curtain",
+    "toilet",
+    "sink",
+    "bathtub",
+    "otherfurniture",
+)
+
+SCANNET20_NYU40_IDS: tuple[int, ...] = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 39,
+)
+
+NUM_CLASSES = len(SCANNET20_NAMES)
+
+# Lookup table indexed by NYU40 id (0..40).
+_NYU40_TO_20 = np.full(41, IGNORE_INDEX, dtype=np.int64)
+for _i, _nyu in enumerate(SCANNET20_NYU40_IDS):
+    _NYU40_TO_20[_nyu] = _i
+
+# Distinct colours for renders (our own choice, roughly grouped: structure greys/browns,
+# seating warm, storage cool, bathroom cyan/teal). Row i is class i.
+SCANNET20_PALETTE = np.array(
+    [
+        [190, 190, 180],  # wall
+        [140, 110, 80],  # floor
+        [40, 110, 200],  # cabinet
+        [230, 160, 50],  # bed
+        [220, 40, 40],  # chair
+        [170, 60, 170],  # sofa
+        [250, 220, 40],  # table
+        [120, 200, 60],  # door
+        [100, 220, 230],  # window
+        [20, 60, 140],  # bookshelf
+        [250, 120, 160],  # picture
+        [130, 80, 30],  # counter
+        [200, 120, 40],  # desk
+        [90, 160, 120],  # curtain
+        [60, 60, 220],  # refrigerator
+        [150, 230, 180],  # shower curtain
+        [240, 240, 240],  # toilet
+        [30, 170, 170],  # sink
+        [110, 130, 240],  # bathtub
+        [80, 80, 80],  # otherfurniture
+    ],
+    dtype=np.uint8,
+)
+IGNORE_COLOR = np.array([0, 0, 0], dtype=np.uint8)
+
+
+def nyu40_to_scannet20(labels) -> np.ndarray:
+    """Map NYU40 ids (any int array) to ScanNet-20 indices 0..19; everything else -> -1."""
+    lab = np.asarray(labels)
+    if lab.dtype.kind not in "iub":
+        if lab.dtype.kind == "f" and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
+            lab = lab.astype(np.int64)
+        else:
+            raise TypeError(f"NYU40 labels must be integers, got dtype {lab.dtype}")
+    lab = lab.astype(np.int64, copy=False)
+    out = np.full(lab.shape, IGNORE_INDEX, dtype=np.int64)
+    ok = (lab >= 0) & (lab <= 40)
+    out[ok] = _NYU40_TO_20[lab[ok]]
+    return out
+
+
+def colorize(segment20) -> np.ndarray:
+    """RGB uint8 colours for ScanNet-20 indices (ignore -> black)."""
+    seg = np.asarray(segment20, dtype=np.int64)
+    out = np.empty(seg.shape + (3,), dtype=np.uint8)
+    out[...] = IGNORE_COLOR
+    ok = (seg >= 0) & (seg < NUM_CLASSES)
+    out[ok] = SCANNET20_PALETTE[seg[ok]]
+    return out

@@ -1,0 +1,453 @@
+"""Ingest ScanNet-like raw scenes (synthetic generator output, ScanNet exports) into processed scenes.
+
+Raw layout (per scene)::
+
+    <raw_root>/scans/<id>/<id>_vh_clean_2.ply          vertex x,y,z[,nx,ny,nz],red,green,blue[,alpha] (+faces)
+    <raw_root>/scans/<id>/<id>_vh_clean_2.labels.ply   vertex `label` (NYU40 id, 0 = unannotated)
+    <raw_root>/scans/<id>/<id>_instance.npy            optional (N,) int
+    <raw_root>/scans/<id>/frames/intrinsic/intrinsic_depth.txt, color/<i>.jpg, depth/<i>.png, pose/<i>.txt
+    <raw_root>/splits/<split>.txt
+
+The building blocks (`read_vertex_ply`, `read_label_ply`, `read_instance_npy`,
+`read_exported_frames`, `build_processed_scene`) are public so that a real-ScanNet reader
+(.sens / aggregation / segs) can reuse them.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pretrain3d.atomic import atomic_dir, write_json
+from pretrain3d.data.frames import (
+    Frame,
+    FrameIndex,
+    read_color,
+    read_depth,
+    read_intrinsics,
+    read_pose,
+    image_size,
+)
+from pretrain3d.data.ply import read_ply_vertices, vertex_normals_from_faces, write_ply
+from pretrain3d.data.scene import (
+    ProcessedScene,
+    check_labels,
+    estimate_normals,
+    hash_scenes,
+    write_processed_scene,
+)
+from pretrain3d.errors import DataError
+
+log = logging.getLogger(__name__)
+
+NYU40_MAX = 40
+
+
+# ------------------------------------------------------------------------------- raw file paths
+
+
+def vertex_ply_path(scan_dir: Path, scene_id: str) -> Path:
+    return Path(scan_dir) / f"{scene_id}_vh_clean_2.ply"
+
+
+def label_ply_path(scan_dir: Path, scene_id: str) -> Path:
+    return Path(scan_dir) / f"{scene_id}_vh_clean_2.labels.ply"
+
+
+def instance_path(scan_dir: Path, scene_id: str) -> Path:
+    return Path(scan_dir) / f"{scene_id}_instance.npy"
+
+
+# ------------------------------------------------------------------------------------- readers
+
+
+def read_vertex_ply(path: str | Path) -> dict:
+    """The mesh vertices: {"coord" (N,3) f32, "color" (N,3) u8, "normal" (N,3) f32 | None,
+    "faces" (F,3) i64 | None}."""
+    path = Path(path)
+    v = read_ply_vertices(path, required=("x", "y", "z", "red", "green", "blue"))
+    coord = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float32)
+    color = np.stack([v["red"], v["green"], v["blue"]], axis=1)
+    if color.dtype != np.uint8:
+        if color.size and (color.min() < 0 or color.max() > 255):
+            raise DataError(path, f"vertex colours must lie in [0, 255], got [{color.min()}, {color.max()}]")
+        color = np.rint(color).astype(np.uint8)
+    normal = None
+    if all(k in v for k in ("nx", "ny", "nz")):
+        normal = np.stack([v["nx"], v["ny"], v["nz"]], axis=1).astype(np.float32)
+        if not np.isfinite(normal).all():
+            raise DataError(path, "vertex normals contain NaN or inf values")
+    return {"coord": coord, "color": color, "normal": normal, "faces": v.get("faces")}
+
+
+def read_label_ply(path: str | Path, num_vertices: int | None = None) -> np.ndarray:
+    """Per-vertex NYU40 ids (0 = unannotated) as (N,) int64, checked against the vertex count."""
+    path = Path(path)
+    v = read_ply_vertices(path, required=("label",), check_finite=False)
+    labels = np.asarray(v["label"])
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise DataError(path, f"labels must be integers, got dtype {labels.dtype} with fractional values")
+    labels = labels.astype(np.int64)
+    if num_vertices is not None and len(labels) != num_vertices:
+        raise DataError(
+            path,
+            f"label PLY has {len(labels)} vertices but the mesh PLY has {num_vertices}",
+            "the two files must have the same vertices in the same order",
+        )
+    bad = (labels < 0) | (labels > NYU40_MAX)
+    if bad.any():
+        vals = np.unique(labels[bad])[:10].tolist()
+        raise DataError(path, f"NYU40 labels outside [0, {NYU40_MAX}]: values {vals} at {int(bad.sum())} vertices")
+    return labels
+
+
+def read_instance_npy(path: str | Path, num_vertices: int) -> np.ndarray:
+    path = Path(path)
+    try:
+        inst = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        raise DataError(path, f"truncated or corrupt .npy file ({type(e).__name__}: {e})") from e
+    inst = np.asarray(inst).reshape(-1) if np.ndim(inst) == 2 and np.shape(inst)[1] == 1 else np.asarray(inst)
+    if inst.ndim != 1 or len(inst) != num_vertices:
+        raise DataError(path, f"instance array has shape {inst.shape} but the mesh has {num_vertices} vertices")
+    if not np.issubdtype(inst.dtype, np.integer):
+        raise DataError(path, f"instance ids must be integers, got dtype {inst.dtype}")
+    return inst.astype(np.int64)
+
+
+def _frame_sort_key(stem: str):
+    return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
+
+
+def read_exported_frames(
+    frames_dir: str | Path,
+    frame_step: int = 1,
+    invalid_pose: str = "error",
+    check_images: bool = True,
+    depth_scale: float = 1000.0,
+) -> FrameIndex:
+    """Index an exported frames folder (intrinsic/intrinsic_depth.txt, color/, depth/, pose/).
+
+    Frames are the pose files, sorted numerically, every ``frame_step``-th kept. Each needs its
+    colour and depth image; all depth images must have the same size and each colour image the
+    size of its depth image. ``invalid_pose="skip"`` drops frames whose pose is NaN/inf (real
+    ScanNet has some) instead of raising. Paths in the returned index are relative to
+    ``frames_dir`` (its ``root``).
+    """
+    frames_dir = Path(frames_dir)
+    if frame_step < 1:
+        raise ValueError(f"frame_step must be >= 1, got {frame_step}")
+    if invalid_pose not in ("error", "skip"):
+        raise ValueError(f"invalid_pose must be 'error' or 'skip', got {invalid_pose!r}")
+    if not frames_dir.is_dir():
+        raise DataError(frames_dir, "frames folder not found")
+    k = read_intrinsics(frames_dir / "intrinsic" / "intrinsic_depth.txt")
+    pose_dir = frames_dir / "pose"
+    if not pose_dir.is_dir():
+        raise DataError(pose_dir, "missing frame file: pose folder not found")
+    stems = sorted((p.stem for p in pose_dir.glob("*.txt")), key=_frame_sort_key)
+    if not stems:
+        raise DataError(pose_dir, "no pose files (*.txt) found")
+    stems = stems[::frame_step]
+    frames: list[Frame] = []
+    hw = None
+    for stem in stems:
+        cands = [frames_dir / "color" / f"{stem}{ext}" for ext in (".jpg", ".jpeg", ".png")]
+        color = next((c for c in cands if c.is_file()), cands[0])
+        depth = frames_dir / "depth" / f"{stem}.png"
+        for p in (color, depth):
+            if not p.is_file():
+                raise DataError(p, f"missing frame file (frame {stem!r} has a pose but no {p.parent.name} image)")
+        try:
+            pose = read_pose(pose_dir / f"{stem}.txt")
+        except DataError:
+            if invalid_pose == "skip":
+                log.warning("skipping frame %s of %s: invalid pose", stem, frames_dir)
+                continue
+            raise
+        if check_images:
+            if hw is None:
+                hw = image_size(depth)
+            d = read_depth(depth, depth_scale, expected_hw=hw)
+            read_color(color, expected_hw=d.shape)
+        else:
+            dhw = image_size(depth)
+            hw = hw or dhw
+            if dhw != hw:
+                raise DataError(depth, f"depth image is {dhw[1]}x{dhw[0]} (WxH) but {hw[1]}x{hw[0]} (WxH) was expected")
+            chw = image_size(color)
+            if chw != dhw:
+                raise DataError(depth, f"depth image is {dhw[1]}x{dhw[0]} (WxH) but its colour image "
+                                       f"{color.name} is {chw[1]}x{chw[0]} (WxH)")
+        frames.append(Frame(stem, color.relative_to(frames_dir).as_posix(),
+                            depth.relative_to(frames_dir).as_posix(), k.copy(), pose))
+    if not frames:
+        raise DataError(frames_dir, "no usable frames (every pose was invalid)")
+    return FrameIndex(frames, width=hw[1], height=hw[0], depth_scale=depth_scale, root=frames_dir)
+
+
+# -------------------------------------------------------------------------------------- ingest
+
+
+def _normals_for(mesh: dict) -> np.ndarray:
+    """Vertex normals from the file, else from the faces, else estimated from the points."""
+    coord = mesh["coord"]
+    if mesh["normal"] is not None:
+        return mesh["normal"]
+    if mesh["faces"] is not None and len(mesh["faces"]):
+        normal = vertex_normals_from_faces(coord, mesh["faces"])
+        lonely = np.linalg.norm(normal, axis=1) == 0  # vertices no face touches
+        if lonely.any():
+            normal[lonely] = estimate_normals(coord)[lonely]
+        return normal
+    return estimate_normals(coord)
+
+
+def build_processed_scene(
+    scene_id: str,
+    mesh: dict,
+    nyu40: np.ndarray | None,
+    instance: np.ndarray | None,
+    frames: FrameIndex | None,
+    num_classes: int = 20,
+    label_source: str | Path = "<labels>",
+) -> ProcessedScene:
+    """Assemble a ProcessedScene from already-read parts (NYU40 → ScanNet-20 labels)."""
+    from pretrain3d.data.labels import nyu40_to_scannet20
+
+    if num_classes != 20:
+        raise ValueError(f"ScanNet-like ingest maps NYU40 to ScanNet-20; num_classes={num_classes} is not supported")
+    n = len(mesh["coord"])
+    if nyu40 is None:
+        segment = np.full(n, -1, dtype=np.int64)
+    else:
+        segment = check_labels(label_source, np.asarray(nyu40_to_scannet20(nyu40), dtype=np.int64), n, num_classes)
+    return ProcessedScene(scene_id, mesh["coord"], mesh["color"], _normals_for(mesh), segment, instance, frames)
+
+
+def ingest_scannet_like_scene(
+    scan_dir: str | Path,
+    scene_id: str,
+    out_dir: str | Path,
+    num_classes: int = 20,
+    frame_step: int = 1,
+) -> ProcessedScene:
+    """Read one raw scene folder and write the processed scene to ``out_dir`` (atomically).
+
+    Everything is read and validated before anything is written, so a bad input leaves no
+    partial output. Returns the written scene (``path`` set, frames pointing into ``out_dir``).
+    """
+    scan_dir = Path(scan_dir)
+    if not scan_dir.is_dir():
+        raise DataError(scan_dir, "raw scene folder not found")
+    mesh = read_vertex_ply(vertex_ply_path(scan_dir, scene_id))
+    n = len(mesh["coord"])
+    lpath = label_ply_path(scan_dir, scene_id)
+    nyu40 = read_label_ply(lpath, num_vertices=n)
+    ipath = instance_path(scan_dir, scene_id)
+    instance = read_instance_npy(ipath, n) if ipath.is_file() else None
+    frames = None
+    if (scan_dir / "frames").exists():
+        frames = read_exported_frames(scan_dir / "frames", frame_step=frame_step)
+    scene = build_processed_scene(scene_id, mesh, nyu40, instance, frames, num_classes, lpath)
+    write_processed_scene(out_dir, scene, num_classes=num_classes)
+    scene.path = Path(out_dir)
+    if frames is not None:
+        scene.frames = FrameIndex.load(Path(out_dir) / "frames.json", check_files=False)
+    return scene
+
+
+def read_split_file(raw_root: str | Path, split: str) -> list[str]:
+    path = Path(raw_root) / "splits" / f"{split}.txt"
+    if not path.is_file():
+        raise DataError(path, f"split file for {split!r} not found")
+    ids = [ln.strip() for ln in path.read_text().splitlines()]
+    ids = [i for i in ids if i and not i.startswith("#")]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise DataError(path, f"scene ids listed more than once: {dup}")
+    return ids
+
+
+def _ingest_job(job: tuple) -> tuple:
+    """Worker: ingest one scene; return stats, or the error as plain picklable values."""
+    split, scene_id, scan_dir, out_dir, num_classes, frame_step = job
+    try:
+        s = ingest_scannet_like_scene(scan_dir, scene_id, out_dir, num_classes, frame_step)
+        hist = np.bincount(s.segment[s.segment >= 0], minlength=num_classes)[:num_classes]
+        stats = {
+            "num_points": s.num_points,
+            "num_frames": len(s.frames) if s.frames is not None else 0,
+            "ignored_points": int((s.segment < 0).sum()),
+            "class_histogram": hist.astype(int).tolist(),
+        }
+        return ("ok", split, scene_id, stats)
+    except DataError as e:  # DataError's custom __init__ does not survive pickling: send fields
+        return ("data_error", split, scene_id, (str(e.path), e.problem, e.hint))
+    except Exception as e:
+        return ("error", split, scene_id, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+
+
+def _remove_temporaries(out_dirs: Sequence[Path]) -> None:
+    """Remove the hidden temporaries (``.<name>.*.tmp``) that an atomic write of one of
+    ``out_dirs`` leaves when its process is killed (a terminated worker runs no cleanup)."""
+    import shutil
+
+    for d in out_dirs:
+        d = Path(d)
+        if d.parent.is_dir():
+            for tmp in d.parent.glob(f".{d.name}.*.tmp"):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def preprocess_scannet_like(
+    raw_root: str | Path,
+    out_root: str | Path,
+    splits: Sequence[str] = ("train", "val"),
+    workers: int = 2,
+    progress: bool = True,
+    num_classes: int = 20,
+    frame_step: int = 1,
+) -> dict:
+    """Ingest every scene of ``splits`` into ``out_root/<split>/<scene_id>`` in parallel.
+
+    Writes ``out_root/manifest.json`` (atomically, last) and returns it as a dict::
+
+        {"splits": {split: [scene ids]}, "scenes": {split: {id: {num_points, num_frames,
+          ignored_points}}}, "class_histogram": {split: [count per class]},
+         "ignored_points": {split: n}, "num_classes", "class_names", "data_hash"}
+
+    ``data_hash`` covers exactly the listed scene folders (stale folders are ignored).
+    The first failing scene raises (its DataError re-raised as is); scenes already written stay,
+    complete, and no manifest is written.
+    """
+    from tqdm import tqdm
+
+    from pretrain3d.data.labels import SCANNET20_NAMES
+
+    raw_root, out_root = Path(raw_root), Path(out_root)
+    ids_by_split = {s: read_split_file(raw_root, s) for s in splits}
+    seen: dict[str, str] = {}
+    for s, ids in ids_by_split.items():
+        for i in ids:
+            if i in seen:
+                raise DataError(raw_root / "splits" / f"{s}.txt",
+                                f"scene {i!r} is also listed in split {seen[i]!r}")
+            seen[i] = s
+    jobs = [(s, i, str(raw_root / "scans" / i), str(out_root / s / i), num_classes, frame_step)
+            for s, ids in ids_by_split.items() for i in ids]
+
+    out_dirs = [Path(j[3]) for j in jobs]
+    _remove_temporaries(out_dirs)  # left by an earlier run that was killed
+    results = []
+    bar = tqdm(total=len(jobs), desc="ingest scenes", unit="scene", disable=not progress)
+
+    def consume(res):
+        status, split, scene_id, payload = res
+        if status == "data_error":
+            path, problem, hint = payload
+            raise DataError(path, problem, hint)
+        if status == "error":
+            raise RuntimeError(f"ingesting scene {scene_id} ({split}) failed: {payload}")
+        results.append(res)
+        bar.update(1)
+
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            for j in jobs:
+                consume(_ingest_job(j))
+        else:
+            import multiprocessing as mp
+
+            # spawn: no fork of a parent that may hold threads (torch, BLAS) or open handles.
+            with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+                for res in pool.imap_unordered(_ingest_job, jobs):
+                    consume(res)  # raising here terminates the pool (other workers mid-write)
+    except BaseException:
+        _remove_temporaries(out_dirs)
+        raise
+    finally:
+        bar.close()
+
+    stats = {(s, i): st for _, s, i, st in results}
+    manifest: dict = {
+        "dataset": "scannet_like",
+        "num_classes": num_classes,
+        "class_names": list(SCANNET20_NAMES),
+        "frame_step": frame_step,
+        "splits": {s: list(ids) for s, ids in ids_by_split.items()},
+        "scenes": {},
+        "class_histogram": {},
+        "ignored_points": {},
+    }
+    for s, ids in ids_by_split.items():
+        manifest["scenes"][s] = {
+            i: {k: stats[(s, i)][k] for k in ("num_points", "num_frames", "ignored_points")} for i in ids
+        }
+        hist = np.zeros(num_classes, dtype=np.int64)
+        for i in ids:
+            hist += np.asarray(stats[(s, i)]["class_histogram"], dtype=np.int64)
+        manifest["class_histogram"][s] = hist.tolist()
+        manifest["ignored_points"][s] = int(sum(stats[(s, i)]["ignored_points"] for i in ids))
+    manifest["data_hash"] = hash_scenes([out_root / s / i for s, ids in ids_by_split.items() for i in ids])
+    write_json(out_root / "manifest.json", manifest)
+    return manifest
+
+
+# ------------------------------------------------------------------------------------- writer
+
+
+def write_scannet_like_scene(
+    scan_dir: str | Path,
+    scene_id: str,
+    coord: np.ndarray,
+    color: np.ndarray,
+    nyu40: np.ndarray,
+    normal: np.ndarray | None = None,
+    faces: np.ndarray | None = None,
+    instance: np.ndarray | None = None,
+    frames: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] = (),
+    intrinsics: np.ndarray | None = None,
+    binary: bool = True,
+) -> Path:
+    """Write a raw ScanNet-like scene folder atomically (the inverse of the readers above).
+
+    ``frames``: (color (H,W,3) uint8, depth (H,W) uint16 millimetres, pose (4,4) c2w) tuples,
+    saved as frames/color/<i>.jpg, depth/<i>.png, pose/<i>.txt; ``intrinsics`` is the 3x3 K.
+    """
+    from PIL import Image
+
+    scan_dir = Path(scan_dir)
+    coord = np.asarray(coord, dtype=np.float32)
+    color = np.asarray(color, dtype=np.uint8)
+    verts = {"x": coord[:, 0], "y": coord[:, 1], "z": coord[:, 2]}
+    if normal is not None:
+        normal = np.asarray(normal, dtype=np.float32)
+        verts.update(nx=normal[:, 0], ny=normal[:, 1], nz=normal[:, 2])
+    verts.update(red=color[:, 0], green=color[:, 1], blue=color[:, 2])
+    with atomic_dir(scan_dir) as tmp:
+        write_ply(vertex_ply_path(tmp, scene_id), verts, faces=faces, binary=binary)
+        lverts = {"x": coord[:, 0], "y": coord[:, 1], "z": coord[:, 2],
+                  "label": np.asarray(nyu40).astype(np.uint16)}
+        write_ply(label_ply_path(tmp, scene_id), lverts, faces=faces, binary=binary)
+        if instance is not None:
+            np.save(instance_path(tmp, scene_id), np.asarray(instance, dtype=np.int64))
+        if len(frames):
+            if intrinsics is None:
+                raise ValueError("frames need intrinsics")
+            fd = tmp / "frames"
+            for sub in ("intrinsic", "color", "depth", "pose"):
+                (fd / sub).mkdir(parents=True, exist_ok=True)
+            k4 = np.eye(4)
+            k4[:3, :3] = np.asarray(intrinsics, dtype=np.float64)
+            np.savetxt(fd / "intrinsic" / "intrinsic_depth.txt", k4, fmt="%.6f")
+            for i, (c, d, t) in enumerate(frames):
+                Image.fromarray(np.asarray(c, dtype=np.uint8)).save(fd / "color" / f"{i}.jpg", quality=95)
+                Image.fromarray(np.asarray(d, dtype=np.uint16)).save(fd / "depth" / f"{i}.png")
+                np.savetxt(fd / "pose" / f"{i}.txt", np.asarray(t, dtype=np.float64), fmt="%.9f")
+    return scan_dir

@@ -1,0 +1,1 @@
+"""pretrain3d.teachers"""

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny configs and tiny datasets made on the fly."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+def sevenscenes_root() -> Path | None:
+    env = os.environ.get("PRETRAIN3D_7SCENES")
+    p = Path(env) if env else REPO.parent / "shared" / "data" / "7scenes-redkitchen"
+    return p if p.is_dir() else None
+
+
+def tiny_overrides(tmp: Path) -> dict:
+    """A config small enough for seconds-long CPU runs (used by several tests)."""
+    return {
+        "experiment": {"name": "tiny", "seeds": [0], "methods": ["scratch"]},
+        "data": {
+            "raw_root": str(tmp / "raw"), "processed_root": str(tmp / "processed"), "workers": 1,
+            "synthetic": {"num_train": 2, "num_val": 1, "frames_per_scene": 2, "image_width": 64,
+                          "image_height": 48, "points_per_m2": 120.0},
+        },
+        "model": {"stem_channels": 8, "channels": [8, 16, 16, 16, 16, 16, 16, 16], "layers": [1] * 8},
+        "train": {"grid_size": 0.1, "epochs": 2, "batch_size": 1, "checkpoint_every": 1, "val_every": 1,
+                  "num_workers": 0, "threads": 1},
+        "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "artifact_root": str(tmp / "mlartifacts")},
+    }
+
+
+@pytest.fixture(scope="session")
+def python_exe() -> str:
+    return sys.executable

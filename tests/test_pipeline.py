@@ -1,0 +1,84 @@
+"""Integration: the whole Snakemake pipeline on a tiny profile, MLflow store checked afterwards."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from conftest import REPO
+from pipeline_util import make_workdir, snakemake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    wd = make_workdir(tmp_path_factory.mktemp("pipeline"))
+    snakemake(["--cores", "2"], wd)
+    return wd
+
+
+def test_pipeline_outputs(finished):
+    wd = finished
+    summary = json.loads((wd / "results/summary.json").read_text())
+    assert summary["methods"]["scratch"]["n_seeds"] == 2
+    for seed in (0, 1):
+        d = wd / f"results/runs/scratch/seed{seed}"
+        m = json.loads((d / "metrics.json").read_text())
+        assert 0.0 <= m["mIoU"] <= 1.0 and m["num_points"] > 0
+        for png in ("confusion.png", "render.png"):
+            assert (d / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (wd / "results/report.md").read_text()
+    assert "scratch" in report and "±" in report and "render.png" in report
+    # every rule logged, and nothing half-written left behind
+    assert (wd / "logs/report.log").exists()
+    assert not list(wd.rglob(".*.tmp"))
+
+
+def test_mlflow_store_holds_parent_and_child_runs(finished):
+    con = sqlite3.connect(finished / "mlflow.db")
+    runs = con.execute("select run_uuid, name, status from runs").fetchall()
+    tags = {}
+    for run_uuid, key, value in con.execute("select run_uuid, key, value from tags"):
+        tags.setdefault(run_uuid, {})[key] = value
+    parents = [r for r in runs if tags[r[0]].get("run_type") == "pipeline"]
+    assert len(parents) == 1 and parents[0][2] == "FINISHED"
+    pid = parents[0][0]
+    children = [r for r in runs if tags[r[0]].get("mlflow.parentRunId") == pid]
+    names = sorted(r[1] for r in children)
+    assert names == sorted(["generate", "preprocess", "finetune-scratch-seed0", "finetune-scratch-seed1",
+                            "evaluate-scratch-seed0", "evaluate-scratch-seed1", "report"])
+    for r in children:
+        t = tags[r[0]]
+        for key in ("git_commit", "git_dirty", "config_hash", "data_hash"):
+            assert key in t, f"{r[1]} lacks tag {key}"
+    ev = [r for r in children if r[1].startswith("evaluate")][0]
+    t = tags[ev[0]]
+    assert t["method"] == "scratch" and t["seed"] in ("0", "1") and t["uses_gt_labels"] == "false"
+    metrics = {k for (k,) in con.execute("select key from metrics where run_uuid = ?", (ev[0],))}
+    assert {"val/mIoU", "val/mAcc", "val/allAcc"} <= metrics
+    ft = [r for r in children if r[1] == "finetune-scratch-seed0"][0]
+    steps = con.execute("select count(distinct step) from metrics where run_uuid = ? and key = 'train/loss'",
+                        (ft[0],)).fetchone()[0]
+    assert steps == 2  # one point per epoch
+    params = {k for (k,) in con.execute("select key from params where run_uuid = ?", (ft[0],))}
+    assert {"train.lr", "model.channels", "data.synthetic.seed"} <= params
+
+
+def test_nothing_to_do_after_a_complete_run(finished):
+    out = snakemake(["-n", "--cores", "2"], finished)
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
+def test_changing_a_training_param_reruns_only_training_and_after(finished):
+    out = snakemake(["-n", "--cores", "2", "--config", "train={'lr': 0.02}"], finished, check=False)
+    text = out.stdout + out.stderr
+    assert "finetune" in text and "evaluate" in text
+    assert "generate_synthetic" not in text and "rule preprocess" not in text
+
+
+def test_lint_is_clean():
+    out = snakemake(["--lint", "--cores", "1"], REPO, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
