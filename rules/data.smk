@@ -16,8 +16,6 @@ if PARAMS.data.dataset == "synthetic":
         threads: workflow.cores
         conda:
             "../envs/cpu.yaml"
-        message:
-            "Generating the procedural-room dataset in {output}"
         shell:
             "pretrain3d generate --config {params.config} > {log} 2>&1"
 
@@ -38,7 +36,5 @@ rule preprocess:
     threads: workflow.cores
     conda:
         "../envs/cpu.yaml"
-    message:
-        "Preprocessing {input} into {output}"
     shell:
         "pretrain3d preprocess --config {params.config} > {log} 2>&1"

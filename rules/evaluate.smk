@@ -20,8 +20,6 @@ rule evaluate:
     threads: 1
     conda:
         "../envs/cpu.yaml"
-    message:
-        "Evaluating {wildcards.method}, seed {wildcards.seed}"
     shell:
         "pretrain3d evaluate --config {params.config} --model {input.model} --method {wildcards.method}"
         " --seed {wildcards.seed} --out-dir results/runs/{wildcards.method}/seed{wildcards.seed} > {log} 2>&1"

@@ -7,6 +7,7 @@ rule finetune:
     output:
         model="results/runs/{method}/seed{seed}/model.pt",
         train_log="results/runs/{method}/seed{seed}/train_log.json",
+        config="results/runs/{method}/seed{seed}/config.yaml",
     params:
         config=RESOLVED_CONFIG,
         model=section("model"),
@@ -21,8 +22,6 @@ rule finetune:
         gpu=0,
     conda:
         "../envs/cpu.yaml"
-    message:
-        "Fine-tuning {wildcards.method}, seed {wildcards.seed}"
     shell:
         "pretrain3d finetune --config {params.config} --method {wildcards.method} --seed {wildcards.seed}"
         " --out-dir results/runs/{wildcards.method}/seed{wildcards.seed} --no-progress > {log} 2>&1"

@@ -16,7 +16,5 @@ rule report:
         "benchmarks/report.tsv"
     conda:
         "../envs/cpu.yaml"
-    message:
-        "Writing the report"
     shell:
         "pretrain3d report --config {params.config} --metrics {input} --out-dir results > {log} 2>&1"

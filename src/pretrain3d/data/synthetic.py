@@ -1700,6 +1700,7 @@ def _scene_params(kw: dict, seed_triple) -> dict:
         "points_per_m2": kw["points_per_m2"],
         "pos_noise": kw.get("pos_noise", 0.005),
         "color_noise": kw.get("color_noise", 3.0),
+        "theme": kw.get("theme"),
     }
 
 
@@ -1715,6 +1716,7 @@ def generate_dataset(
     workers: int = 1,
     progress: bool = True,
     resume: bool = True,
+    themes: str = "cycle",
 ) -> dict:
     """Write ``num_train`` + ``num_val`` scenes under ``root`` (see ``write_raw_scene``).
 
@@ -1722,15 +1724,23 @@ def generate_dataset(
     presence means the dataset is complete). Scene ``i`` of split ``s`` is seeded from
     ``(seed, s, i)``: output does not depend on ``workers``. With ``resume``, scenes whose
     ``generator.json`` records the same seed and parameters are kept rather than rebuilt.
+    ``themes="cycle"`` gives scene ``i`` the room type ``THEMES[i % 5]`` (so any 5
+    consecutive scenes cover every class family); ``"random"`` draws it from the seed.
     Returns the meta dict.
     """
     from tqdm import tqdm
 
     root = Path(root)
     (root / "scans").mkdir(parents=True, exist_ok=True)
+    if themes not in ("cycle", "random"):
+        raise ValueError(f"themes must be 'cycle' or 'random', got {themes!r}")
     kw = dict(num_frames=frames_per_scene, width=width, height=height, points_per_m2=points_per_m2)
-    jobs = [(str(root), "train", i, int(seed), kw, resume) for i in range(num_train)]
-    jobs += [(str(root), "val", i, int(seed), kw, resume) for i in range(num_val)]
+
+    def job(split, i):
+        theme = THEMES[i % len(THEMES)] if themes == "cycle" else None
+        return (str(root), split, i, int(seed), dict(kw, theme=theme), resume)
+
+    jobs = [job("train", i) for i in range(num_train)] + [job("val", i) for i in range(num_val)]
     results: dict[str, dict] = {}
     bar = tqdm(total=len(jobs), desc="synthetic scenes", unit="scene", disable=not progress)
     try:
@@ -1764,6 +1774,7 @@ def generate_dataset(
         "width": width,
         "height": height,
         "points_per_m2": points_per_m2,
+        "themes": themes,
         "depth_scale": 1000.0,
         "label_set": "nyu40",
         "class_names": list(SCANNET20_NAMES),

@@ -161,20 +161,21 @@ def render_segmentation(
 
     idx = _subsample(n, max_points)
     xyz, g, p = coord[idx], gt[idx], pred[idx]
-    marker_size = float(np.clip(2.0e4 / max(len(idx), 1), 0.05, 4.0))
+    marker_size = float(np.clip(9.0e4 / max(len(idx), 1), 1.5, 12.0))  # area in pt^2
 
-    fig = _new_figure((13.0, 6.5))
+    fig = _new_figure((13.0, 6.0))
+    fig.subplots_adjust(left=0.0, right=1.0, bottom=0.1, top=0.9, wspace=0.02)
     lo = xyz.min(axis=0) if len(xyz) else np.zeros(3)
     hi = xyz.max(axis=0) if len(xyz) else np.ones(3)
     span = np.maximum(hi - lo, 1e-6)
     for col, (labels, sub) in enumerate(((g, "ground truth"), (p, "prediction"))):
         ax = fig.add_subplot(1, 2, col + 1, projection="3d")
         ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=_colours(labels, palette), s=marker_size,
-                   marker=".", linewidths=0, depthshade=False)
+                   marker="s", linewidths=0, depthshade=False, rasterized=True)
         ax.set_xlim(lo[0], hi[0])
         ax.set_ylim(lo[1], hi[1])
         ax.set_zlim(lo[2], hi[2])
-        ax.set_box_aspect(tuple(span))
+        ax.set_box_aspect(tuple(span), zoom=1.0)
         ax.view_init(elev=elev, azim=azim)
         ax.set_axis_off()
         ax.set_title(sub)
@@ -187,8 +188,8 @@ def render_segmentation(
     uniq = [Line2D([], [], marker="o", linestyle="", markersize=7, markerfacecolor=colour,
                    markeredgecolor="none", label=label) for colour, label in entries]
     if uniq:
-        fig.legend(handles=uniq, loc="lower center", ncol=min(len(uniq), 6), fontsize=8,
+        fig.legend(handles=uniq, loc="lower center", ncol=min(len(uniq), 7), fontsize=8,
                    frameon=False)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=0.99)
     return _save_png(fig, path, dpi)

@@ -1,0 +1,81 @@
+"""dvc.yaml and the Snakemake DAG agree; `dvc repro`, `dvc metrics show` and `dvc exp run -S` work."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+
+import pytest
+
+from conftest import REPO
+from pipeline_util import make_workdir, run, snakemake
+
+
+def _snakemake_jobs(cwd) -> list[tuple[str, set[str]]]:
+    """(rule, outputs) of every job in a forced dry run of the default target."""
+    out = snakemake(["-n", "--forceall", "--cores", "1"], cwd).stdout
+    jobs = []
+    for block in re.split(r"\n(?=(?:localrule|rule) \w+:)", out):
+        m = re.match(r"(?:localrule|rule) (\w+):", block.strip())
+        if not m:
+            continue
+        outs = re.search(r"^\s+output: (.*)$", block, re.M)
+        files = {f.strip() for f in outs.group(1).split(",")} if outs else set()
+        jobs.append((m.group(1), files))
+    return jobs
+
+
+def _dvc_stages(cwd) -> dict[str, tuple[str, set[str]]]:
+    from dvc.repo import Repo
+
+    with Repo(str(cwd)) as repo:
+        return {s.addressing: (s.cmd, {str(o.def_path) for o in s.outs}) for s in repo.index.stages}
+
+
+def test_dvc_stages_build_exactly_the_snakemake_jobs(tmp_path):
+    wd = make_workdir(tmp_path, git=True)
+    shutil.copytree(REPO / ".dvc", wd / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    jobs = [(r, o) for r, o in _snakemake_jobs(wd) if r != "all"]
+    stages = _dvc_stages(wd)
+    assert jobs and stages
+    matched = set()
+    for name, (cmd, outs) in stages.items():
+        assert cmd.startswith("snakemake --cores all "), f"{name}: a DVC stage must only ask Snakemake"
+        targets = set(cmd.split()[3:])
+        job = [j for j in jobs if targets <= j[1]]
+        assert len(job) == 1, f"{name}: targets {targets} are not the outputs of one Snakemake job"
+        assert outs == job[0][1], f"{name}: DVC outs {sorted(outs)} != Snakemake outputs {sorted(job[0][1])}"
+        matched.add(frozenset(job[0][1]))
+    missing = [j for j in jobs if frozenset(j[1]) not in matched]
+    assert not missing, f"Snakemake jobs without a DVC stage: {missing}"
+
+
+@pytest.mark.slow
+def test_dvc_repro_metrics_and_experiment(tmp_path):
+    wd = make_workdir(tmp_path, git=True, extra={"experiment": {"seeds": [0]}})
+    shutil.copytree(REPO / ".dvc", wd / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    shutil.copy2(REPO / ".dvcignore", wd / ".dvcignore")
+    shutil.copy2(REPO / ".gitignore", wd / ".gitignore")
+    dvc = [sys.executable, "-m", "dvc"]
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], wd)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "dvc"], wd)
+
+    run([*dvc, "repro"], wd)
+    shown = run([*dvc, "metrics", "show"], wd).stdout
+    assert "mIoU" in shown, shown
+    # Snakemake agrees that everything is up to date.
+    assert "Nothing to be done" in "".join(snakemake(["-n", "--cores", "1"], wd).stdout)
+    # DVC agrees too.
+    status = run([*dvc, "status"], wd).stdout
+    assert "up to date" in status.lower(), status
+
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], wd)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline"], wd)
+    exp = run([*dvc, "exp", "run", "-S", "train.lr=0.02"], wd)
+    text = exp.stdout + exp.stderr
+    assert "Running stage 'finetune@scratch-0'" in text
+    assert "Running stage 'evaluate@scratch-0'" in text
+    assert "Running stage 'generate'" not in text and "Running stage 'preprocess'" not in text
+    diff = run([*dvc, "metrics", "diff", "--all"], wd).stdout
+    assert "mIoU" in diff
