@@ -17,7 +17,7 @@ rule evaluate:
         "logs/evaluate/{method}-seed{seed}.log",
     benchmark:
         "benchmarks/evaluate/{method}-seed{seed}.tsv"
-    threads: 1
+    threads: PARAMS.train.threads
     conda:
         "../envs/cpu.yaml"
     shell:

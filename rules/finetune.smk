@@ -17,7 +17,7 @@ rule finetune:
         "logs/finetune/{method}-seed{seed}.log",
     benchmark:
         "benchmarks/finetune/{method}-seed{seed}.tsv"
-    threads: 1
+    threads: PARAMS.train.threads
     resources:
         gpu=0,
     conda:

@@ -121,13 +121,20 @@ def test_ply_round_trip(tmp_path, binary):
         np.testing.assert_allclose(got[k], v.astype(got[k].dtype), rtol=1e-6)
     np.testing.assert_array_equal(got["faces"], faces)
     assert [p.name for p in tmp_path.iterdir()] == ["m.ply"]  # no temporary left
+    # The file is standard PLY: plyfile's own (non-mapped) reader agrees.
+    from plyfile import PlyData
+
+    ref = PlyData.read(str(path), mmap=False)
+    np.testing.assert_array_equal(ref["vertex"]["label"], nyu40)
+    np.testing.assert_array_equal(np.stack(ref["face"]["vertex_indices"]), faces)
 
 
-def test_ply_polygons_are_fan_triangulated(tmp_path):
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "ascii"])
+def test_ply_polygons_are_fan_triangulated(tmp_path, binary):
     coord = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [2, 0, 0]], dtype=np.float32)
     path = tmp_path / "q.ply"
     write_ply(path, {"x": coord[:, 0], "y": coord[:, 1], "z": coord[:, 2]},
-              faces=[[0, 1, 2, 3], [1, 4, 2]], binary=False)
+              faces=[[0, 1, 2, 3], [1, 4, 2]], binary=binary)
     got = read_ply_vertices(path)
     np.testing.assert_array_equal(np.sort(got["faces"], axis=0).shape, (3, 3))
     assert {tuple(f) for f in got["faces"]} == {(0, 1, 2), (0, 2, 3), (1, 4, 2)}
@@ -313,3 +320,18 @@ def test_depth_invalid_values(tmp_path):
     d = np.array([[0, 1000], [65535, 2500]], dtype=np.uint16)
     Image.fromarray(d).save(tmp_path / "d.png")
     np.testing.assert_array_equal(read_depth(tmp_path / "d.png"), [[0, 1.0], [0, 2.5]])
+
+
+def test_normal_backends_agree():
+    """The default (scipy PCA) estimator matches Open3D's where Open3D is installed."""
+    from pretrain3d.data.scene import estimate_normals
+
+    pytest.importorskip("open3d", reason="open3d not importable here")
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0, 2, size=(2000, 2))
+    pts = np.concatenate([np.c_[a, 0.002 * rng.normal(size=2000)],  # floor
+                          np.c_[0.002 * rng.normal(size=2000), a]])  # wall
+    ns = estimate_normals(pts, k=16, backend="scipy")
+    no = estimate_normals(pts, k=16, backend="open3d")
+    np.testing.assert_array_equal(np.sign(np.sum(ns * no, axis=1)), 1)  # same orientation rule
+    assert np.median(np.abs(np.sum(ns * no, axis=1))) > 0.999

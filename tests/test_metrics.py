@@ -143,3 +143,6 @@ def test_render_segmentation_writes_png(tmp_path):
     render_segmentation(coord, gt, pred, palette, out, title="scene0000_00",
                         class_names=[f"c{i}" for i in range(20)])
     _assert_png(out, min_bytes=20_000)
+    out2 = tmp_path / "seg_default_palette.png"
+    render_segmentation(coord[:5000], gt[:5000], pred[:5000], None, out2)
+    _assert_png(out2)

@@ -113,10 +113,12 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: int = Field(25, ge=1, description="Steps between resumable checkpoints.")
     val_every: int = Field(5, ge=1, description="Epochs between validations (the last epoch always validates).")
-    num_workers: int = Field(1, ge=0, description="DataLoader worker processes.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the training process).")
     max_points: int | None = Field(None, ge=1, description="Random crop to at most this many voxels per scene.")
     augment: AugmentConfig = AugmentConfig()
-    threads: int = Field(2, ge=1, description="torch CPU threads per training job.")
+    threads: int = Field(
+        1, ge=1, description="torch CPU threads per training/eval job; Snakemake reserves this many cores per job. "
+        "On 2 cores, two 1-thread jobs in parallel beat one 2-thread job (OpenMP spin-waits under load).")
 
 
 class EvalConfig(_Strict):

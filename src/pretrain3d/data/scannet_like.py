@@ -323,8 +323,8 @@ def preprocess_scannet_like(
          "ignored_points": {split: n}, "num_classes", "class_names", "data_hash"}
 
     ``data_hash`` covers exactly the listed scene folders (stale folders are ignored).
-    The first failing scene raises (its DataError re-raised as is); scenes already written stay,
-    complete, and no manifest is written.
+    The first failing scene raises (its DataError re-raised as is) once the scenes in flight have
+    finished; scenes already written stay, complete, and no manifest is written.
     """
     from tqdm import tqdm
 
@@ -363,14 +363,17 @@ def preprocess_scannet_like(
                 consume(_ingest_job(j))
         else:
             import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            # spawn: no fork of a parent that may hold threads (torch, BLAS) or open handles.
-            with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-                for res in pool.imap_unordered(_ingest_job, jobs):
-                    consume(res)  # raising here terminates the pool (other workers mid-write)
-    except BaseException:
-        _remove_temporaries(out_dirs)
-        raise
+            # spawn: no fork of a parent that may hold threads (torch, BLAS). A worker that dies
+            # raises BrokenProcessPool instead of hanging (as multiprocessing.Pool would).
+            ex = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"))
+            try:
+                for fut in as_completed([ex.submit(_ingest_job, j) for j in jobs]):
+                    consume(fut.result())
+            finally:
+                # On error: pending scenes are cancelled, running ones finish (complete, atomic).
+                ex.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
 

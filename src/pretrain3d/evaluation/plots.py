@@ -13,7 +13,7 @@ import numpy as np
 
 from pretrain3d.atomic import atomic_path
 
-__all__ = ["plot_confusion", "render_segmentation", "MAX_RENDER_POINTS"]
+__all__ = ["plot_confusion", "render_segmentation", "default_palette", "MAX_RENDER_POINTS"]
 
 MAX_RENDER_POINTS = 60_000
 IGNORE_GREY = np.array([0.75, 0.75, 0.75])
@@ -128,6 +128,15 @@ def _colours(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
     return out
 
 
+def default_palette(num_classes: int) -> np.ndarray:
+    """(K, 3) uint8 colours from matplotlib's tab20 (cycled), for when no palette is given."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    k = max(int(num_classes), 1)
+    return (np.array([cmap(i % 20)[:3] for i in range(k)]) * 255).round().astype(np.uint8)
+
+
 def render_segmentation(
     coord: Any,
     gt: Any,
@@ -143,7 +152,8 @@ def render_segmentation(
 ) -> Path:
     """Write ground truth (left) and prediction (right) as two oblique 3D scatter views (PNG).
 
-    ``palette`` is (K, 3) uint8; labels outside ``[0, K)`` (e.g. -1 = ignore) are drawn grey.
+    ``palette`` is (K, 3) uint8 (``None``: tab20 colours); labels outside ``[0, K)`` (e.g. -1 =
+    ignore) are drawn grey.
     At most ``max_points`` points (a fixed-seed random subset) are drawn. The legend lists the
     classes present in either view (``class_names`` default to ``"class <i>"``).
     """
@@ -152,6 +162,8 @@ def render_segmentation(
     coord = _np(coord).astype(np.float64).reshape(-1, 3)
     gt = _np(gt).reshape(-1).astype(np.int64)
     pred = _np(pred).reshape(-1).astype(np.int64)
+    if palette is None:
+        palette = default_palette(int(max(gt.max(initial=-1), pred.max(initial=-1))) + 1)
     palette = _np(palette).astype(np.float64).reshape(-1, 3)
     n = coord.shape[0]
     if gt.shape[0] != n or pred.shape[0] != n:

@@ -50,11 +50,6 @@ def _bn(channels: int, eps: float, momentum: float) -> nn.BatchNorm1d:
     return nn.BatchNorm1d(channels, eps=eps, momentum=momentum)
 
 
-def _on_features(fn, x):
-    """Apply a dense per-point module to a SparseConvTensor's features."""
-    return x.replace_feature(fn(x.features))
-
-
 class _ConvBNReLU(nn.Module):
     """A sparse convolution, then BatchNorm and ReLU on its features."""
 

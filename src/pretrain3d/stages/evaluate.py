@@ -47,7 +47,7 @@ def evaluate(cfg: Params, model_path: str | Path, out_dir: str | Path, method: s
     plot_confusion(cm, names, out_dir / "confusion.png")
     render_segmentation(scene.coord, scene.segment, preds[render_id], SCANNET20_PALETTE[:nc]
                         if nc <= len(SCANNET20_PALETTE) else None, out_dir / "render.png",
-                        title=f"{method} seed {seed} — {render_id}")
+                        title=f"{method} seed {seed} — {render_id}", class_names=names)
     write_json(out_dir / "metrics.json", result)
 
     tags = job_tags(cfg, "evaluate", method=method, seed=seed, uses_gt_labels="false")
