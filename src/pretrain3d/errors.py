@@ -24,6 +24,10 @@ class DataError(Pretrain3DError):
             msg += f" ({hint})"
         super().__init__(msg)
 
+    def __reduce__(self):
+        # Rebuild from the fields, so the error survives crossing a process boundary (workers).
+        return (type(self), (self.path, self.problem, self.hint))
+
 
 class ConfigError(Pretrain3DError):
     """params.yaml (or an overlay) does not validate."""
