@@ -38,3 +38,23 @@ rule preprocess:
         "../envs/cpu.yaml"
     shell:
         "pretrain3d preprocess --config {params.config} > {log} 2>&1"
+
+
+rule preprocess_sevenscenes:
+    # Optional target (real RGB-D, no labels): snakemake --cores all data/processed/sevenscenes
+    input:
+        PARAMS.data.sevenscenes.root,
+    output:
+        directory("data/processed/sevenscenes"),
+    params:
+        config=RESOLVED_CONFIG,
+        sevenscenes=section("data", "sevenscenes"),
+    log:
+        "logs/preprocess_sevenscenes.log",
+    benchmark:
+        "benchmarks/preprocess_sevenscenes.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "pretrain3d preprocess sevenscenes --config {params.config} --raw-root {input}"
+        " --out-root {output}/redkitchen > {log} 2>&1"

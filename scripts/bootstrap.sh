@@ -19,6 +19,18 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$VENV/bin/python" -m pip install -q -r envs/requirements-cpu.txt -c envs/constraints-cpu.txt 2>&1 \
   | grep -v '^WARNING: Location' >&2 || true
 "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v '^WARNING: Location' >&2 || true
+# open3d's wheel links the system library libusb-1.0 (absent from minimal Debian images).
+if ! "$VENV/bin/python" -c 'import open3d' 2>/dev/null; then
+  if "$VENV/bin/python" -c 'import open3d' 2>&1 | grep -q 'libusb-1.0'; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "[bootstrap] installing the system library libusb-1.0-0 that open3d needs" >&2
+      (apt-get install -y -q libusb-1.0-0 >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q libusb-1.0-0 >/dev/null; })
+    else
+      echo "[bootstrap] open3d needs the system library libusb-1.0 (Debian/Ubuntu: sudo apt-get install libusb-1.0-0)" >&2
+      exit 1
+    fi
+  fi
+fi
 "$VENV/bin/python" -c 'import torch, spconv, open3d, snakemake, dvc, mlflow, pretrain3d' \
   || { echo "[bootstrap] the environment is incomplete (see the pip output above)" >&2; exit 1; }
 echo "$want" > "$stamp"

@@ -1086,8 +1086,7 @@ def _with_chairs(rng, table: list[_Proto], n_max: int) -> list[_Proto]:
 
 
 def _room_recipe(rng, theme: str):
-    """List of (builder-callable, placement, probability) for a theme."""
-    U = rng.uniform
+    """List of (probability, placement, builder, options) for a theme."""
     recipe = []
 
     def add(p, kind, fn, **kw):
@@ -1151,7 +1150,6 @@ def _room_recipe(rng, theme: str):
     for _ in range(int(rng.integers(2, 6))):
         kind, fn = extras[int(rng.integers(len(extras)))]
         add(1.0, kind, fn)
-    del U
     return recipe
 
 
@@ -1237,6 +1235,7 @@ class SyntheticScene:
     color: np.ndarray  # (N, 3) uint8, with colour noise
     label: np.ndarray  # (N,) int64 NYU40 id
     instance: np.ndarray  # (N,) int64 object index
+    point_tri: np.ndarray  # (N,) int64 triangle each point was sampled on
     # mesh
     vertices: np.ndarray  # (V, 3) float32
     triangles: np.ndarray  # (T, 3) int32
@@ -1273,7 +1272,13 @@ class SyntheticScene:
         return self._raycaster
 
     def render(self, K, pose_c2w, width, height, nthreads=0) -> dict:
+        """Ray-cast an arbitrary view (see ``render_view``)."""
         return render_view(self, K, pose_c2w, width, height, nthreads=nthreads)
+
+    def __getstate__(self):  # the Open3D ray caster does not pickle; rebuild it lazily
+        state = self.__dict__.copy()
+        state["_raycaster"] = None
+        return state
 
 
 def scene_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
@@ -1282,7 +1287,7 @@ def scene_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([int(seed), code, int(index), GENERATOR_VERSION])
 
 
-def _mesh_from_objects(objects: list[SceneObject], room):
+def _mesh_from_objects(objects: list[SceneObject]):
     """Concatenate all primitives; return mesh arrays plus primitive list for culling."""
     verts, tris, tri_obj, tri_mat, prims, tri_prim = [], [], [], [], [], []
     mats: list[Material] = []
@@ -1510,7 +1515,7 @@ def generate_scene(
     for o in lay.objects:
         objects.append(SceneObject(o.cls, o.nyu40, len(objects), o.prims, o.mats))
 
-    V, T, tri_obj, tri_mat, tri_prim, prims, mats = _mesh_from_objects(objects, lay.L)
+    V, T, tri_obj, tri_mat, tri_prim, prims, mats = _mesh_from_objects(objects)
     mtab = MaterialTable.pack(mats)
     tri_label = np.array([objects[i].nyu40 for i in range(len(objects))], np.int64)[tri_obj]
 
@@ -1530,6 +1535,7 @@ def generate_scene(
         color=col,
         label=tri_label[tid],
         instance=tri_obj[tid].astype(np.int64),
+        point_tri=tid.astype(np.int64),
         vertices=V.astype(np.float32),
         triangles=T.astype(np.int32),
         tri_normal=tri_normal,

@@ -211,6 +211,8 @@ class Trainer:
                 if self.validate is not None and ((epoch + 1) % self.val_every == 0 or last):
                     metrics.update({f"val/{k}": v for k, v in self.validate(self.model).items()})
                 metrics["epoch"] = epoch
+                log.info("epoch %d/%d: %s", epoch + 1, self.epochs,
+                         ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
                 self.state.history.append(metrics)
                 self.state.epoch += 1
                 self.state.step_in_epoch = 0
