@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sqlite3
 import sys
 
 import pytest
@@ -62,6 +63,15 @@ def test_dvc_repro_metrics_and_experiment(tmp_path):
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "dvc"], wd)
 
     run([*dvc, "repro"], wd)
+    # one MLflow parent for the whole repro (one Snakemake per DVC stage), every job under it
+    con = sqlite3.connect(wd / "mlflow.db")
+    tags = {}
+    for run_uuid, key, value in con.execute("select run_uuid, key, value from tags"):
+        tags.setdefault(run_uuid, {})[key] = value
+    parents = [r for r, t in tags.items() if t.get("run_type") == "pipeline"]
+    assert len(parents) == 1 and tags[parents[0]].get("launcher") == "dvc"
+    children = [r for r, t in tags.items() if t.get("mlflow.parentRunId") == parents[0]]
+    assert len(children) == 5  # generate, preprocess, finetune, evaluate, report
     shown = run([*dvc, "metrics", "show"], wd).stdout
     assert "mIoU" in shown, shown
     # Snakemake agrees that everything is up to date.
