@@ -19,12 +19,16 @@ if not os.path.exists(RESOLVED_CONFIG) or open(RESOLVED_CONFIG).read() != _resol
 RAW_ROOT = PARAMS.data.raw_root
 PROCESSED_ROOT = PARAMS.data.processed_root
 METHODS = PARAMS.experiment.methods
+PROTOCOLS = PARAMS.experiment.protocols
 SEEDS = PARAMS.experiment.seeds
 REPORT_FILES = ["results/summary.json", "results/report.md"]
+_T = PARAMS.teacher
+FEATURES_DIR = f"{_T.cache_root}/{_T.name}-{_T.layer}-{_T.input_height}x{_T.input_width}"
 
 
 wildcard_constraints:
     method="|".join(METHODS),
+    protocol="|".join(PROTOCOLS),
     seed=r"\d+",
 
 
@@ -37,7 +41,31 @@ def section(*keys):
 
 
 def metrics_files():
-    return expand("results/runs/{method}/seed{seed}/metrics.json", method=METHODS, seed=SEEDS)
+    return expand(
+        "results/runs/{method}/{protocol}/seed{seed}/metrics.json",
+        method=METHODS,
+        protocol=PROTOCOLS,
+        seed=SEEDS,
+    )
+
+
+def pretrain_inputs(wildcards):
+    """scratch needs nothing but the seed; teacher-based methods need the 2D feature cache."""
+    if wildcards.method == "scratch":
+        return []
+    return [PROCESSED_ROOT, FEATURES_DIR]
+
+
+def pretrain_params(wildcards):
+    """The config sections a pre-training job depends on (scratch: only the model)."""
+    if wildcards.method == "scratch":
+        return {"model": config["model"]}
+    return {
+        "model": config["model"],
+        "pretrain": config["pretrain"],
+        "teacher": config["teacher"],
+        "grid_size": config["train"]["grid_size"],
+    }
 
 
 OWN_PARENT = []  # the parent run this invocation created (and so must end)

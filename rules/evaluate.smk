@@ -4,22 +4,23 @@
 rule evaluate:
     input:
         data=PROCESSED_ROOT,
-        model="results/runs/{method}/seed{seed}/model.pt",
+        model="results/runs/{method}/{protocol}/seed{seed}/model.pt",
     output:
-        metrics="results/runs/{method}/seed{seed}/metrics.json",
-        confusion="results/runs/{method}/seed{seed}/confusion.png",
-        render="results/runs/{method}/seed{seed}/render.png",
+        metrics="results/runs/{method}/{protocol}/seed{seed}/metrics.json",
+        confusion="results/runs/{method}/{protocol}/seed{seed}/confusion.png",
+        render="results/runs/{method}/{protocol}/seed{seed}/render.png",
     params:
         config=RESOLVED_CONFIG,
         grid_size=section("train", "grid_size"),
         eval=section("eval"),
     log:
-        "logs/evaluate/{method}-seed{seed}.log",
+        "logs/evaluate/{method}-{protocol}-seed{seed}.log",
     benchmark:
-        "benchmarks/evaluate/{method}-seed{seed}.tsv"
+        "benchmarks/evaluate/{method}-{protocol}-seed{seed}.tsv"
     threads: PARAMS.train.threads
     conda:
         "../envs/cpu.yaml"
     shell:
         "pretrain3d evaluate --config {params.config} --model {input.model} --method {wildcards.method}"
-        " --seed {wildcards.seed} --out-dir results/runs/{wildcards.method}/seed{wildcards.seed} > {log} 2>&1"
+        " --protocol {wildcards.protocol} --seed {wildcards.seed}"
+        " --out-dir results/runs/{wildcards.method}/{wildcards.protocol}/seed{wildcards.seed} > {log} 2>&1"

@@ -1,22 +1,24 @@
-# Fine-tuning: supervised semantic segmentation per method and seed.
+# Fine-tuning per method, protocol and seed, from that method's backbone (scratch: random init).
 
 
 rule finetune:
     input:
-        PROCESSED_ROOT,
+        data=PROCESSED_ROOT,
+        backbone="results/pretrain/{method}/seed{seed}/backbone.pt",
     output:
-        model="results/runs/{method}/seed{seed}/model.pt",
-        train_log="results/runs/{method}/seed{seed}/train_log.json",
-        config="results/runs/{method}/seed{seed}/config.yaml",
+        model="results/runs/{method}/{protocol}/seed{seed}/model.pt",
+        train_log="results/runs/{method}/{protocol}/seed{seed}/train_log.json",
+        config="results/runs/{method}/{protocol}/seed{seed}/config.yaml",
     params:
         config=RESOLVED_CONFIG,
         model=section("model"),
         train=section("train"),
+        protocols=section("protocols"),
         num_classes=section("data", "num_classes"),
     log:
-        "logs/finetune/{method}-seed{seed}.log",
+        "logs/finetune/{method}-{protocol}-seed{seed}.log",
     benchmark:
-        "benchmarks/finetune/{method}-seed{seed}.tsv"
+        "benchmarks/finetune/{method}-{protocol}-seed{seed}.tsv"
     threads: PARAMS.train.threads
     resources:
         gpu=0,
@@ -24,4 +26,6 @@ rule finetune:
         "../envs/cpu.yaml"
     shell:
         "pretrain3d finetune --config {params.config} --method {wildcards.method} --seed {wildcards.seed}"
-        " --out-dir results/runs/{wildcards.method}/seed{wildcards.seed} --no-progress > {log} 2>&1"
+        " --protocol {wildcards.protocol} --init-backbone {input.backbone}"
+        " --out-dir results/runs/{wildcards.method}/{wildcards.protocol}/seed{wildcards.seed}"
+        " --no-progress > {log} 2>&1"

@@ -13,9 +13,9 @@ from conftest import REPO
 from pipeline_util import make_workdir, run, snakemake
 
 
-def _snakemake_jobs(cwd) -> list[tuple[str, set[str]]]:
-    """(rule, outputs) of every job in a forced dry run of the default target."""
-    out = snakemake(["-n", "--forceall", "--cores", "1"], cwd).stdout
+def _snakemake_jobs(cwd, targets) -> list[tuple[str, set[str]]]:
+    """(rule, outputs) of every job in a forced dry run of the default target and ``targets``."""
+    out = snakemake(["-n", "--forceall", "--cores", "1", "all", *targets], cwd).stdout
     jobs = []
     for block in re.split(r"\n(?=(?:localrule|rule) \w+:)", out):
         m = re.match(r"(?:localrule|rule) (\w+):", block.strip())
@@ -37,8 +37,9 @@ def _dvc_stages(cwd) -> dict[str, tuple[str, set[str]]]:
 def test_dvc_stages_build_exactly_the_snakemake_jobs(tmp_path):
     wd = make_workdir(tmp_path, git=True)
     shutil.copytree(REPO / ".dvc", wd / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
-    jobs = [(r, o) for r, o in _snakemake_jobs(wd) if r != "all"]
     stages = _dvc_stages(wd)
+    targets = sorted({t for cmd, _ in stages.values() for t in cmd.split()[3:]})
+    jobs = [(r, o) for r, o in _snakemake_jobs(wd, targets) if r != "all"]
     assert jobs and stages
     matched = set()
     for name, (cmd, outs) in stages.items():
@@ -71,7 +72,9 @@ def test_dvc_repro_metrics_and_experiment(tmp_path):
     parents = [r for r, t in tags.items() if t.get("run_type") == "pipeline"]
     assert len(parents) == 1 and tags[parents[0]].get("launcher") == "dvc"
     children = [r for r, t in tags.items() if t.get("mlflow.parentRunId") == parents[0]]
-    assert len(children) == 5  # generate, preprocess, finetune, evaluate, report
+    # generate, preprocess, features, pretrain (scratch init), finetune, evaluate, report
+    assert sorted(tags[c]["job"] for c in children) == sorted(
+        ["generate", "preprocess", "features", "pretrain", "finetune", "evaluate", "report"])
     shown = run([*dvc, "metrics", "show"], wd).stdout
     assert "mIoU" in shown, shown
     # Snakemake agrees that everything is up to date.
@@ -84,8 +87,9 @@ def test_dvc_repro_metrics_and_experiment(tmp_path):
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline"], wd)
     exp = run([*dvc, "exp", "run", "-S", "train.lr=0.02"], wd)
     text = exp.stdout + exp.stderr
-    assert "Running stage 'finetune@scratch-0'" in text
-    assert "Running stage 'evaluate@scratch-0'" in text
-    assert "Running stage 'generate'" not in text and "Running stage 'preprocess'" not in text
+    assert "Running stage 'finetune@scratch-full-0'" in text
+    assert "Running stage 'evaluate@scratch-full-0'" in text
+    for upstream in ("generate", "preprocess", "features", "pretrain@scratch-0"):
+        assert f"Running stage '{upstream}'" not in text
     diff = run([*dvc, "metrics", "diff", "--all"], wd).stdout
     assert "mIoU" in diff

@@ -23,9 +23,9 @@ def finished(tmp_path_factory):
 def test_pipeline_outputs(finished):
     wd = finished
     summary = json.loads((wd / "results/summary.json").read_text())
-    assert summary["methods"]["scratch"]["n_seeds"] == 2
+    assert summary["groups"]["scratch/full"]["n_seeds"] == 2
     for seed in (0, 1):
-        d = wd / f"results/runs/scratch/seed{seed}"
+        d = wd / f"results/runs/scratch/full/seed{seed}"
         m = json.loads((d / "metrics.json").read_text())
         assert 0.0 <= m["mIoU"] <= 1.0 and m["num_points"] > 0
         for png in ("confusion.png", "render.png"):
@@ -48,8 +48,9 @@ def test_mlflow_store_holds_parent_and_child_runs(finished):
     pid = parents[0][0]
     children = [r for r in runs if tags[r[0]].get("mlflow.parentRunId") == pid]
     names = sorted(r[1] for r in children)
-    assert names == sorted(["generate", "preprocess", "finetune-scratch-seed0", "finetune-scratch-seed1",
-                            "evaluate-scratch-seed0", "evaluate-scratch-seed1", "report"])
+    assert names == sorted(["generate", "preprocess", "pretrain-scratch-seed0", "pretrain-scratch-seed1",
+                            "finetune-scratch-full-seed0", "finetune-scratch-full-seed1",
+                            "evaluate-scratch-full-seed0", "evaluate-scratch-full-seed1", "report"])
     for r in children:
         t = tags[r[0]]
         for key in ("git_commit", "git_dirty", "config_hash", "data_hash"):
@@ -57,9 +58,10 @@ def test_mlflow_store_holds_parent_and_child_runs(finished):
     ev = [r for r in children if r[1].startswith("evaluate")][0]
     t = tags[ev[0]]
     assert t["method"] == "scratch" and t["seed"] in ("0", "1") and t["uses_gt_labels"] == "false"
+    assert t["protocol"] == "full"
     metrics = {k for (k,) in con.execute("select key from metrics where run_uuid = ?", (ev[0],))}
     assert {"val/mIoU", "val/mAcc", "val/allAcc"} <= metrics
-    ft = [r for r in children if r[1] == "finetune-scratch-seed0"][0]
+    ft = [r for r in children if r[1] == "finetune-scratch-full-seed0"][0]
     steps = con.execute("select count(distinct step) from metrics where run_uuid = ? and key = 'train/loss'",
                         (ft[0],)).fetchone()[0]
     assert steps == 2  # one point per epoch

@@ -38,18 +38,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw-root", help="sevenscenes: the sequence folder (default data.sevenscenes.root)")
     p.add_argument("--out-root", help="sevenscenes: output scene folder")
 
+    p = sub.add_parser("features", help="cache the frozen 2D teacher's features of every frame")
+    _add_config(p)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("pretrain", help="pre-train a backbone (scratch: a seeded random initialisation)")
+    _add_config(p)
+    p.add_argument("--method", required=True, choices=["scratch", "ppkt"])
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser("finetune", help="train a segmentation model (from scratch or a pre-trained backbone)")
     _add_config(p)
     p.add_argument("--method", required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out-dir", required=True)
     p.add_argument("--init-backbone", default=None, help="backbone checkpoint from pre-training (strict keys)")
+    p.add_argument("--protocol", default="full", choices=["full", "la", "lr", "probe"])
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("evaluate", help="evaluate a segmentation model on every val point")
     _add_config(p)
     p.add_argument("--model", required=True)
     p.add_argument("--method", required=True)
+    p.add_argument("--protocol", default="full", choices=["full", "la", "lr", "probe"])
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out-dir", required=True)
 
@@ -107,15 +120,28 @@ def _dispatch(args, load) -> int:
                                   cfg.data.sevenscenes.frame_step, cfg.data.sevenscenes.voxel_size)
         else:
             data.preprocess(cfg)
+    elif args.cmd == "features":
+        from pretrain3d.stages.features import cache_features
+
+        cache_features(cfg, progress=not args.no_progress)
+    elif args.cmd == "pretrain":
+        if args.method == "scratch":
+            from pretrain3d.stages.init_backbone import init_backbone
+
+            init_backbone(cfg, args.seed, args.out_dir)
+        else:
+            from pretrain3d.stages.pretrain import pretrain
+
+            pretrain(cfg, args.method, args.seed, args.out_dir, progress=not args.no_progress)
     elif args.cmd == "finetune":
         from pretrain3d.stages.finetune import finetune
 
         finetune(cfg, args.method, args.seed, args.out_dir, init_backbone=args.init_backbone,
-                 progress=not args.no_progress)
+                 protocol=args.protocol, progress=not args.no_progress)
     elif args.cmd == "evaluate":
         from pretrain3d.stages.evaluate import evaluate
 
-        evaluate(cfg, args.model, args.out_dir, args.method, args.seed)
+        evaluate(cfg, args.model, args.out_dir, args.method, args.seed, protocol=args.protocol)
     elif args.cmd == "report":
         from pretrain3d.stages.report import report
 

@@ -137,16 +137,21 @@ def chromatic_jitter(sample: dict, rng: np.random.Generator, p: float, std: floa
 def crop_points(sample: dict, rng: np.random.Generator | None, max_points: int) -> dict:
     """Keep the ``max_points`` points nearest to a centre (random in training, the scene centre
     otherwise) — Pointcept's SphereCrop."""
-    n = len(sample["coord"])
+    keep = _crop_index(sample["coord"], rng, max_points)
+    return sample if keep is None else select(sample, keep)
+
+
+def _crop_index(coord: np.ndarray, rng: np.random.Generator | None, max_points: int) -> np.ndarray | None:
+    """Sorted indices that ``crop_points`` keeps, or None when nothing is cropped."""
+    n = len(coord)
     if n <= max_points:
-        return sample
+        return None
     if rng is not None:
-        center = sample["coord"][rng.integers(n)]
+        center = coord[rng.integers(n)]
     else:
-        center = sample["coord"].mean(axis=0)
-    d2 = ((sample["coord"] - center) ** 2).sum(axis=1)
-    keep = np.sort(np.argpartition(d2, max_points - 1)[:max_points])
-    return select(sample, keep)
+        center = coord.mean(axis=0)
+    d2 = ((coord - center) ** 2).sum(axis=1)
+    return np.sort(np.argpartition(d2, max_points - 1)[:max_points])
 
 
 PER_POINT_KEYS = ("coord", "color", "normal", "segment", "instance", "grid_coord")
@@ -175,16 +180,27 @@ def train_augment(sample: dict, rng: np.random.Generator, aug) -> dict:
 
 
 def voxelize_for_model(sample: dict, grid_size: float, rng: np.random.Generator | None,
-                       max_points: int | None = None) -> dict:
+                       max_points: int | None = None, keep_inverse: bool = False) -> dict:
     """Grid-sample (one point per voxel; random in training), optionally crop, centre x/y,
-    and build the model features (colour/255 ‖ normal). Keeps ``inverse`` when not training."""
+    and build the model features (colour/255 ‖ normal). Keeps ``inverse`` when not training.
+
+    ``keep_inverse=True`` also keeps ``inverse`` in training (pre-training maps points paired with
+    pixels to their voxels through it): ``inverse[i]`` is the row of input point ``i``'s voxel, or
+    ``-1`` when the ``max_points`` crop dropped that voxel. It changes nothing else (same random
+    draws, same output)."""
     gs = grid_sample(sample["coord"], grid_size, rng)
     out = select(sample, gs.index)
     out["grid_coord"] = gs.grid_coord
-    if rng is None:
+    if rng is None or keep_inverse:
         out["inverse"] = gs.inverse
     if max_points is not None and rng is not None:  # never in evaluation: it would break `inverse`
-        out = crop_points(out, rng, max_points)
+        keep = _crop_index(out["coord"], rng, max_points)
+        if keep is not None:
+            out = select(out, keep)
+            if keep_inverse:
+                row = np.full(len(gs.index), -1, dtype=np.int64)
+                row[keep] = np.arange(len(keep))
+                out["inverse"] = row[gs.inverse]
         out["grid_coord"] = out["grid_coord"] - out["grid_coord"].min(axis=0)
     out = center_shift(out, apply_z=False)
     out["feat"] = np.concatenate([out["color"] / 255.0, out["normal"]], axis=1).astype(np.float32)

@@ -24,8 +24,26 @@ class Segmentor(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = LinearHead(backbone.out_channels, num_classes)
+        self.backbone_frozen = False
+
+    def freeze_backbone(self) -> None:
+        """Linear probing: no gradients into the backbone and its BatchNorm statistics fixed."""
+        self.backbone_frozen = True
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> "Segmentor":
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
 
     def forward(self, batch: dict) -> torch.Tensor:
+        if self.backbone_frozen:
+            with torch.no_grad():
+                feat = self.backbone(batch)
+            return self.head(feat)
         return self.head(self.backbone(batch))
 
 

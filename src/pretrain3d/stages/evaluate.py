@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 METRIC_PREFIX = "val"  # MLflow keys: val/mIoU, val/mAcc, val/allAcc, val/iou/<class>
 
 
-def evaluate(cfg: Params, model_path: str | Path, out_dir: str | Path, method: str, seed: int) -> dict:
+def evaluate(cfg: Params, model_path: str | Path, out_dir: str | Path, method: str, seed: int,
+             protocol: str = "full") -> dict:
     out_dir = Path(out_dir)
     seed_everything(seed, threads=cfg.train.threads)
     device = resolve_device(cfg.train.device)
@@ -35,7 +36,8 @@ def evaluate(cfg: Params, model_path: str | Path, out_dir: str | Path, method: s
     metrics, cm, preds = evaluate_scenes(model, (ds[i] for i in range(len(ds))), nc, names, device,
                                          keep_predictions=True)
     result = {
-        "method": method, "seed": seed, "split": "val", "num_scenes": len(scenes),
+        "method": method, "protocol": protocol, "seed": seed, "split": "val",
+        "uses_gt_labels": bool(ck.get("uses_gt_labels", False)), "num_scenes": len(scenes),
         "num_points": int(cm.sum()), "model": str(model_path), "fingerprint": ck.get("fingerprint"),
         **metrics,
     }
@@ -47,16 +49,18 @@ def evaluate(cfg: Params, model_path: str | Path, out_dir: str | Path, method: s
     plot_confusion(cm, names, out_dir / "confusion.png")
     render_segmentation(scene.coord, scene.segment, preds[render_id], SCANNET20_PALETTE[:nc]
                         if nc <= len(SCANNET20_PALETTE) else None, out_dir / "render.png",
-                        title=f"{method} seed {seed} — {render_id}", class_names=names)
+                        title=f"{method} ({protocol}) seed {seed} — {render_id}", class_names=names)
     write_json(out_dir / "metrics.json", result)
 
-    tags = job_tags(cfg, "evaluate", method=method, seed=seed, uses_gt_labels="false")
-    with job_run(cfg.tracking, f"evaluate-{method}-seed{seed}", tags, job_params(cfg)) as run:
+    tags = job_tags(cfg, "evaluate", method=method, seed=seed, protocol=protocol,
+                    uses_gt_labels=str(result["uses_gt_labels"]).lower())
+    with job_run(cfg.tracking, f"evaluate-{method}-{protocol}-seed{seed}", tags, job_params(cfg)) as run:
         flat = {f"{METRIC_PREFIX}/{k}": metrics[k] for k in ("mIoU", "mAcc", "allAcc") if metrics[k] is not None}
         flat.update({f"{METRIC_PREFIX}/iou/{c}": v for c, v in metrics["iou_per_class"].items() if v is not None})
         run.log_metrics(flat)
         for name in ("metrics.json", "confusion.png", "render.png"):
             run.log_artifact(out_dir / name)
-    log.info("evaluated %s seed %d on %d val scenes: mIoU %.4f mAcc %.4f allAcc %.4f (%.1f s)", method, seed,
+    log.info("evaluated %s (%s) seed %d on %d val scenes: mIoU %.4f mAcc %.4f allAcc %.4f (%.1f s)", method,
+             protocol, seed,
              len(scenes), metrics["mIoU"], metrics["mAcc"], metrics["allAcc"], time.perf_counter() - t0)
     return result

@@ -16,10 +16,12 @@ from pretrain3d.atomic import write_json, write_text
 from pretrain3d.config import Params, config_hash, dump_yaml
 from pretrain3d.data.dataset import EpochSampler, EvalDataset, TrainDataset, collate, load_split
 from pretrain3d.data.labels import SCANNET20_NAMES
+from pretrain3d.data.protocols import limited_annotations, limited_reconstructions
 from pretrain3d.engine.optim import build_optimizer, build_scheduler
 from pretrain3d.engine.seed import resolve_device, seed_everything
-from pretrain3d.engine.trainer import Trainer, load_checkpoint, load_state_strict, save_checkpoint
+from pretrain3d.engine.trainer import CheckpointError, Trainer, load_checkpoint, load_state_strict, save_checkpoint
 from pretrain3d.evaluation.inference import evaluate_scenes
+from pretrain3d.methods.linear_probe import backbone_features, fit_linear_head
 from pretrain3d.methods.semseg import semseg_loss
 from pretrain3d.models.segmentor import build_segmentor
 from pretrain3d.stages.common import job_params, job_tags
@@ -37,14 +39,31 @@ def class_names(num_classes: int) -> list[str]:
     return [f"class{i}" for i in range(num_classes)]
 
 
-def run_fingerprint(cfg: Params, method: str, seed: int, init: str | None) -> str:
+PROTOCOLS = ("full", "la", "lr", "probe")
+
+
+def run_fingerprint(cfg: Params, method: str, seed: int, init: str | None, protocol: str = "full") -> str:
     """Identifies a training run: a checkpoint from any other run is never resumed."""
     parts = {
         "model": cfg.model.model_dump(mode="json"), "train": cfg.train.model_dump(mode="json"),
         "data": data_hash(cfg.data.processed_root), "method": method, "seed": seed,
         "init": _file_sha(init) if init else None,
+        "protocol": protocol, "protocols": cfg.protocols.model_dump(mode="json") if protocol != "full" else None,
     }
     return config_hash(parts)
+
+
+def apply_protocol(cfg: Params, protocol: str, scenes: list) -> list:
+    """The training scenes (and labels) a data-efficient protocol allows."""
+    if protocol == "lr":
+        keep = set(limited_reconstructions([s.scene_id for s in scenes], cfg.protocols.lr_fraction))
+        scenes = [s for s in scenes if s.scene_id in keep]
+    elif protocol == "la":
+        for s in scenes:
+            s.segment = limited_annotations(s.segment, cfg.protocols.la_points, s.scene_id)
+    elif protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r} (valid: {', '.join(PROTOCOLS)})")
+    return scenes
 
 
 def _file_sha(path: str) -> str:
@@ -56,26 +75,35 @@ def _file_sha(path: str) -> str:
 
 
 def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_backbone: str | None = None,
-             progress: bool = True, crash_after_steps: int | None = None) -> dict:
+             protocol: str = "full", progress: bool = True, crash_after_steps: int | None = None) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tc = cfg.train
+    if protocol == "probe":
+        tc = tc.model_copy(update={"epochs": cfg.protocols.probe_epochs, "lr": cfg.protocols.probe_lr})
     seed_everything(seed, threads=tc.threads)
     device = resolve_device(tc.device)
     nc = cfg.data.num_classes
 
-    train_scenes = load_split(cfg.data.processed_root, "train", nc)
+    train_scenes = apply_protocol(cfg, protocol, load_split(cfg.data.processed_root, "train", nc))
     val_scenes = load_split(cfg.data.processed_root, "val", nc)
     train_ds = TrainDataset(train_scenes, tc.grid_size, tc.augment, tc.max_points)
     val_samples = [EvalDataset(val_scenes, tc.grid_size)[i] for i in range(len(val_scenes))]
     steps_per_epoch = math.ceil(len(train_ds) / tc.batch_size)
 
-    model = build_segmentor(cfg.model, nc).to(device)
+    model = build_segmentor(cfg.model, nc)
+    uses_gt_labels = "false"
     if init_backbone:
         ck = load_checkpoint(init_backbone)
+        if ck.get("kind") != "backbone":
+            raise CheckpointError(f"{init_backbone}: not a backbone checkpoint (kind {ck.get('kind')!r})")
         load_state_strict(model.backbone, ck["backbone"], init_backbone)
-        log.info("initialised the backbone from %s", init_backbone)
-    optimizer = build_optimizer(model.parameters(), tc)
+        uses_gt_labels = str(ck.get("uses_gt_labels", False)).lower()
+        log.info("initialised the backbone from %s (%s, seed %s)", init_backbone, ck.get("method"), ck.get("seed"))
+    if protocol == "probe":
+        model.freeze_backbone()
+    model = model.to(device)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], tc)
     scheduler = build_scheduler(optimizer, tc, tc.epochs * steps_per_epoch)
 
     def make_loader(epoch: int, start_batch: int):
@@ -89,29 +117,43 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
         metrics, _ = evaluate_scenes(m, val_samples, nc, names, device)
         return {k: metrics[k] for k in ("mIoU", "mAcc", "allAcc")}
 
-    tags = job_tags(cfg, "finetune", method=method, seed=seed, uses_gt_labels="false",
-                    init_backbone=init_backbone or "none")
-    fingerprint = run_fingerprint(cfg, method, seed, init_backbone)
+    # uses_gt_labels: whether the *pre-training* saw ground-truth labels (fine-tuning always does).
+    tags = job_tags(cfg, "finetune", method=method, seed=seed, protocol=protocol, uses_gt_labels=uses_gt_labels,
+                    init_backbone=init_backbone or "none", train_scenes=len(train_scenes),
+                    labelled_points=int(sum(int((s.segment >= 0).sum()) for s in train_scenes)))
+    fingerprint = run_fingerprint(cfg, method, seed, init_backbone, protocol)
     t0 = time.perf_counter()
-    with job_run(cfg.tracking, f"finetune-{method}-seed{seed}", tags, job_params(cfg)) as run:
-        trainer = Trainer(
-            model=model, loss_fn=semseg_loss, optimizer=optimizer, scheduler=scheduler, make_loader=make_loader,
-            steps_per_epoch=steps_per_epoch, epochs=tc.epochs, checkpoint_path=out_dir / "checkpoint" / "last.pt",
-            fingerprint=fingerprint, checkpoint_every=tc.checkpoint_every, grad_clip=tc.grad_clip, amp=tc.amp,
-            device=device, validate=validate, val_every=tc.val_every,
-            on_epoch_end=lambda epoch, m: run.log_metrics(m, step=epoch), progress=progress,
-            crash_after_steps=crash_after_steps)
-        history = trainer.fit()
+    with job_run(cfg.tracking, f"finetune-{method}-{protocol}-seed{seed}", tags, job_params(cfg)) as run:
+        if protocol == "probe":
+            # Frozen features are computed once (seconds); see methods/linear_probe.py.
+            train_eval = EvalDataset(train_scenes, tc.grid_size)
+            feats, labels = backbone_features(model.backbone, (train_eval[i] for i in range(len(train_eval))), device)
+            history = fit_linear_head(model.head, feats.to(device), labels.to(device), tc.epochs, tc.lr,
+                                      tc.weight_decay, seed)
+            history[-1].update({f"val/{k}": v for k, v in validate(model).items()})
+            for h in history:
+                run.log_metrics(h, step=h["epoch"])
+            steps = len(history)
+        else:
+            trainer = Trainer(
+                model=model, loss_fn=semseg_loss, optimizer=optimizer, scheduler=scheduler, make_loader=make_loader,
+                steps_per_epoch=steps_per_epoch, epochs=tc.epochs, checkpoint_path=out_dir / "checkpoint" / "last.pt",
+                fingerprint=fingerprint, checkpoint_every=tc.checkpoint_every, grad_clip=tc.grad_clip, amp=tc.amp,
+                device=device, validate=validate, val_every=tc.val_every,
+                on_epoch_end=lambda epoch, m: run.log_metrics(m, step=epoch), progress=progress,
+                crash_after_steps=crash_after_steps)
+            history = trainer.fit()
+            steps = trainer.state.global_step
         seconds = time.perf_counter() - t0
 
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         save_checkpoint(out_dir / "model.pt", {
             "format": MODEL_FORMAT, "kind": "segmentor", "model": state,
             "backbone": {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")},
-            "num_classes": nc, "method": method, "seed": seed, "fingerprint": fingerprint,
-            "config_hash": config_hash(cfg)})
+            "num_classes": nc, "method": method, "protocol": protocol, "seed": seed, "fingerprint": fingerprint,
+            "uses_gt_labels": uses_gt_labels == "true", "config_hash": config_hash(cfg)})
         write_text(out_dir / "config.yaml", dump_yaml(cfg))
-        summary = {"method": method, "seed": seed, "epochs": tc.epochs, "steps": trainer.state.global_step,
+        summary = {"method": method, "protocol": protocol, "seed": seed, "epochs": tc.epochs, "steps": steps,
                    "train_seconds_this_process": seconds, "fingerprint": fingerprint, "history": history,
                    "final_val": {k[4:]: v for k, v in history[-1].items() if k.startswith("val/")}}
         write_json(out_dir / "train_log.json", summary)
@@ -119,8 +161,8 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
         run.log_artifact(out_dir / "train_log.json")
         if cfg.tracking.log_checkpoint:
             run.log_artifact(out_dir / "model.pt", "checkpoint")
-    log.info("fine-tuned %s seed %d: %d steps in %.1f s; final val %s", method, seed,
-             trainer.state.global_step, seconds, json.dumps(summary["final_val"]))
+    log.info("fine-tuned %s (%s) seed %d: %d steps in %.1f s; final val %s", method, protocol, seed,
+             steps, seconds, json.dumps(summary["final_val"]))
     return summary
 
 

@@ -1,0 +1,40 @@
+# 2D feature cache and pre-training (scratch = a seeded random initialisation, saved the same way).
+
+
+rule cache_features:
+    input:
+        PROCESSED_ROOT,
+    output:
+        directory(FEATURES_DIR),
+    params:
+        config=RESOLVED_CONFIG,
+        teacher=section("teacher"),
+    log:
+        "logs/cache_features.log",
+    benchmark:
+        "benchmarks/cache_features.tsv"
+    threads: workflow.cores
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "pretrain3d features --config {params.config} --no-progress > {log} 2>&1"
+
+
+rule pretrain:
+    input:
+        pretrain_inputs,
+    output:
+        backbone="results/pretrain/{method}/seed{seed}/backbone.pt",
+    params:
+        config=RESOLVED_CONFIG,
+        sections=pretrain_params,
+    log:
+        "logs/pretrain/{method}-seed{seed}.log",
+    benchmark:
+        "benchmarks/pretrain/{method}-seed{seed}.tsv"
+    threads: PARAMS.train.threads
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "pretrain3d pretrain --config {params.config} --method {wildcards.method} --seed {wildcards.seed}"
+        " --out-dir results/pretrain/{wildcards.method}/seed{wildcards.seed} --no-progress > {log} 2>&1"
