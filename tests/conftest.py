@@ -22,7 +22,7 @@ def sevenscenes_root() -> Path | None:
 def tiny_overrides(tmp: Path) -> dict:
     """A config small enough for seconds-long CPU runs (used by several tests)."""
     return {
-        "experiment": {"name": "tiny", "seeds": [0], "methods": ["scratch"]},
+        "experiment": {"name": "tiny", "seeds": [0], "methods": ["scratch"], "protocols": ["full"]},
         "data": {
             "raw_root": str(tmp / "raw"), "processed_root": str(tmp / "processed"), "workers": 1,
             "synthetic": {"num_train": 2, "num_val": 1, "frames_per_scene": 2, "image_width": 64,
@@ -31,6 +31,9 @@ def tiny_overrides(tmp: Path) -> dict:
         "model": {"stem_channels": 8, "channels": [8, 16, 16, 16, 16, 16, 16, 16], "layers": [1] * 8},
         "train": {"grid_size": 0.1, "epochs": 2, "batch_size": 1, "checkpoint_every": 1, "val_every": 1,
                   "num_workers": 0, "threads": 1},
+        "protocols": {"la_points": 50, "probe_epochs": 2},
+        "teacher": {"input_height": 56, "input_width": 70, "cache_root": str(tmp / "features")},
+        "pretrain": {"epochs": 2, "batch_size": 1, "checkpoint_every": 1, "ppkt": {"num_pairs": 256}},
         "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "artifact_root": str(tmp / "mlartifacts")},
     }
 

@@ -31,6 +31,7 @@ def make_workdir(tmp: Path, extra: dict | None = None, git: bool = False) -> Pat
     over["data"]["raw_root"] = "data/raw/synthetic"
     over["data"]["processed_root"] = "data/processed/synthetic"
     over["tracking"] = {"uri": "sqlite:///mlflow.db", "artifact_root": "mlartifacts"}
+    over["teacher"]["cache_root"] = "data/features"
     over["experiment"]["seeds"] = [0, 1]
     if extra:
         over = deep_merge(over, extra)

@@ -13,9 +13,13 @@ from pipeline_util import make_workdir, snakemake
 pytestmark = pytest.mark.slow
 
 
+RUNS = [(m, p, s) for m in ("scratch", "ppkt") for p in ("la", "probe") for s in (0, 1)]
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    wd = make_workdir(tmp_path_factory.mktemp("pipeline"))
+    wd = make_workdir(tmp_path_factory.mktemp("pipeline"),
+                      extra={"experiment": {"methods": ["scratch", "ppkt"], "protocols": ["la", "probe"]}})
     snakemake(["--cores", "2"], wd)
     return wd
 
@@ -23,15 +27,20 @@ def finished(tmp_path_factory):
 def test_pipeline_outputs(finished):
     wd = finished
     summary = json.loads((wd / "results/summary.json").read_text())
-    assert summary["groups"]["scratch/full"]["n_seeds"] == 2
-    for seed in (0, 1):
-        d = wd / f"results/runs/scratch/full/seed{seed}"
+    for group in ("scratch/la", "scratch/probe", "ppkt/la", "ppkt/probe"):
+        assert summary["groups"][group]["n_seeds"] == 2
+    assert {(c["method"], c["protocol"]) for c in summary["comparisons"]} == {("ppkt", "la"), ("ppkt", "probe")}
+    meta = json.loads(next((wd / "data/features").glob("*/meta.json")).read_text())
+    assert meta["name"] == "dinov2_vits14" and meta["dim"] == 384
+    for method, protocol, seed in RUNS:
+        d = wd / f"results/runs/{method}/{protocol}/seed{seed}"
         m = json.loads((d / "metrics.json").read_text())
         assert 0.0 <= m["mIoU"] <= 1.0 and m["num_points"] > 0
         for png in ("confusion.png", "render.png"):
             assert (d / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (wd / "results/report.md").read_text()
-    assert "scratch" in report and "±" in report and "render.png" in report
+    assert "scratch" in report and "ppkt" in report and "±" in report and "render.png" in report
+    assert "Pre-training vs scratch" in report
     # every rule logged, and nothing half-written left behind
     assert (wd / "logs/report.log").exists()
     assert not list(wd.rglob(".*.tmp"))
@@ -48,9 +57,10 @@ def test_mlflow_store_holds_parent_and_child_runs(finished):
     pid = parents[0][0]
     children = [r for r in runs if tags[r[0]].get("mlflow.parentRunId") == pid]
     names = sorted(r[1] for r in children)
-    assert names == sorted(["generate", "preprocess", "pretrain-scratch-seed0", "pretrain-scratch-seed1",
-                            "finetune-scratch-full-seed0", "finetune-scratch-full-seed1",
-                            "evaluate-scratch-full-seed0", "evaluate-scratch-full-seed1", "report"])
+    expected = ["generate", "preprocess", "features-dinov2_vits14", "report"]
+    expected += [f"pretrain-{m}-seed{s}" for m in ("scratch", "ppkt") for s in (0, 1)]
+    expected += [f"{job}-{m}-{p}-seed{s}" for job in ("finetune", "evaluate") for m, p, s in RUNS]
+    assert names == sorted(expected)
     for r in children:
         t = tags[r[0]]
         for key in ("git_commit", "git_dirty", "config_hash", "data_hash"):
@@ -58,10 +68,14 @@ def test_mlflow_store_holds_parent_and_child_runs(finished):
     ev = [r for r in children if r[1].startswith("evaluate")][0]
     t = tags[ev[0]]
     assert t["method"] == "scratch" and t["seed"] in ("0", "1") and t["uses_gt_labels"] == "false"
-    assert t["protocol"] == "full"
+    assert t["protocol"] in ("la", "probe")
+    pre = [r for r in children if r[1] == "pretrain-ppkt-seed0"][0]
+    t = tags[pre[0]]
+    assert t["uses_gt_labels"] == "false" and t["teacher"] == "dinov2_vits14" and t["tau"] == "0.04"
+    assert {"teacher_layer", "pairs_per_batch"} <= set(t)
     metrics = {k for (k,) in con.execute("select key from metrics where run_uuid = ?", (ev[0],))}
     assert {"val/mIoU", "val/mAcc", "val/allAcc"} <= metrics
-    ft = [r for r in children if r[1] == "finetune-scratch-full-seed0"][0]
+    ft = [r for r in children if r[1] == "finetune-ppkt-la-seed0"][0]
     steps = con.execute("select count(distinct step) from metrics where run_uuid = ? and key = 'train/loss'",
                         (ft[0],)).fetchone()[0]
     assert steps == 2  # one point per epoch
@@ -78,7 +92,8 @@ def test_changing_a_training_param_reruns_only_training_and_after(finished):
     out = snakemake(["-n", "--cores", "2", "--config", "train={'lr': 0.02}"], finished, check=False)
     text = out.stdout + out.stderr
     assert "finetune" in text and "evaluate" in text
-    assert "generate_synthetic" not in text and "rule preprocess" not in text
+    for upstream in ("generate_synthetic", "rule preprocess", "rule cache_features", "rule pretrain"):
+        assert upstream not in text
 
 
 def test_lint_is_clean():

@@ -29,9 +29,9 @@ class ExperimentConfig(_Strict):
     name: str = Field("embedded-benchmark", description="Label of this benchmark; used in MLflow run names.")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Every method runs once per seed.")
     methods: list[Literal["scratch", "ppkt"]] = Field(
-        ["scratch"], min_length=1, description="Methods to compare (scratch = no pre-training).")
+        ["scratch", "ppkt"], min_length=1, description="Methods to compare (scratch = no pre-training).")
     protocols: list[Literal["full", "la", "lr", "probe"]] = Field(
-        ["full"], min_length=1,
+        ["la", "probe"], min_length=1,
         description="full: fine-tune on all labels; la: limited annotations (protocols.la_points labelled points "
         "per training scene); lr: limited reconstructions (protocols.lr_fraction of the training scenes); "
         "probe: linear probe (frozen backbone + linear head, all labels).")
@@ -105,7 +105,7 @@ class AugmentConfig(_Strict):
 
 class TrainConfig(_Strict):
     grid_size: float = Field(0.08, gt=0, description="Voxel size in metres (2 cm at full scale).")
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(15, ge=1)
     batch_size: int = Field(2, ge=1)
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(0.003, gt=0)
@@ -170,7 +170,7 @@ class PPKTConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(15, ge=1)
     batch_size: int = Field(2, ge=1)
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(0.003, gt=0)
