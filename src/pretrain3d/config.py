@@ -103,8 +103,7 @@ class AugmentConfig(_Strict):
     chromatic_jitter_std: float = Field(0.05, ge=0)
 
 
-class TrainConfig(_Strict):
-    grid_size: float = Field(0.08, gt=0, description="Voxel size in metres (2 cm at full scale).")
+class OptimConfig(_Strict):
     epochs: int = Field(15, ge=1)
     batch_size: int = Field(2, ge=1)
     optimizer: Literal["sgd", "adamw"] = "adamw"
@@ -117,9 +116,15 @@ class TrainConfig(_Strict):
     div_factor: float = Field(10.0, gt=0)
     final_div_factor: float = Field(1e4, gt=0)
     grad_clip: float | None = Field(1.0, description="Max grad norm; null disables.")
+    checkpoint_every: int = Field(25, ge=1, description="Steps between resumable checkpoints.")
+
+
+class TrainConfig(OptimConfig):
+    """Fine-tuning: the optimisation fields of OptimConfig plus data and runtime settings."""
+
+    grid_size: float = Field(0.08, gt=0, description="Voxel size in metres (2 cm at full scale).")
     amp: bool = Field(True, description="Mixed precision; only takes effect on CUDA.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    checkpoint_every: int = Field(25, ge=1, description="Steps between resumable checkpoints.")
     val_every: int = Field(10, ge=1, description="Epochs between validations (the last epoch always validates).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the training process).")
     max_points: int | None = Field(None, ge=1, description="Random crop to at most this many voxels per scene.")
@@ -169,24 +174,8 @@ class PPKTConfig(_Strict):
     margin: int = Field(2, ge=0, description="Image border (pixels) excluded from pairs.")
 
 
-class OptimConfig(_Strict):
-    epochs: int = Field(15, ge=1)
-    batch_size: int = Field(2, ge=1)
-    optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = Field(0.003, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(0.01, ge=0)
-    scheduler: Literal["onecycle", "cosine", "constant"] = "onecycle"
-    pct_start: float = Field(0.05, gt=0, lt=1)
-    div_factor: float = Field(10.0, gt=0)
-    final_div_factor: float = Field(1e4, gt=0)
-    grad_clip: float | None = Field(1.0, description="Max grad norm; null disables.")
-    checkpoint_every: int = Field(25, ge=1, description="Steps between resumable checkpoints.")
-
-
 class PretrainConfig(OptimConfig):
-    augment: "AugmentConfig" = Field(default_factory=lambda: AugmentConfig())
+    augment: AugmentConfig = AugmentConfig()
     ppkt: PPKTConfig = PPKTConfig()
 
 

@@ -14,6 +14,7 @@ multiple of ``stride`` (the registry enforces it), so that the map lines up with
 
 from __future__ import annotations
 
+import abc
 import hashlib
 from pathlib import Path
 from typing import Sequence
@@ -72,7 +73,7 @@ def _to_uint8_batch(images) -> list[torch.Tensor]:
     return [t] if t.shape[0] else []
 
 
-class Teacher(nn.Module):
+class Teacher(nn.Module, metaclass=abc.ABCMeta):
     """Base class of the frozen 2D teachers (see the module docstring).
 
     Attributes: ``name``, ``layer`` (normalised string), ``dim`` (channels), ``stride`` (input
@@ -158,8 +159,9 @@ class Teacher(nn.Module):
 
     # --------------------------------------------------------------------------------- forward
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images → (B, dim, H/stride, W/stride) features."""
 
     @torch.no_grad()
     def extract(self, images) -> torch.Tensor:
