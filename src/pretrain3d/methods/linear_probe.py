@@ -55,5 +55,6 @@ def fit_linear_head(head: torch.nn.Module, feats: torch.Tensor, labels: torch.Te
             loss_sum += float(loss) * len(idx)
             correct += int((logits.argmax(1) == y[idx]).sum())
             total += len(idx)
-        history.append({"train/loss": loss_sum / total, "train/acc": correct / total, "epoch": epoch})
+        history.append({"train/loss": loss_sum / total, "train/acc": correct / total, "epoch": epoch,
+                        "train/steps": (epoch + 1) * ((len(y) + batch_size - 1) // batch_size)})
     return history

@@ -133,7 +133,7 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
             history[-1].update({f"val/{k}": v for k, v in validate(model).items()})
             for h in history:
                 run.log_metrics(h, step=h["epoch"])
-            steps = len(history)
+            steps = int(history[-1]["train/steps"])
         else:
             trainer = Trainer(
                 model=model, loss_fn=semseg_loss, optimizer=optimizer, scheduler=scheduler, make_loader=make_loader,
