@@ -117,15 +117,20 @@ def to_tensors(sample: dict, keys: Sequence[str]) -> dict:
     return out
 
 
-def collate(batch: list[dict]) -> dict:
-    """Concatenate samples; ``offset`` holds the cumulative point counts."""
-    out: dict = {}
-    counts = [len(b["grid_coord"]) for b in batch]
-    out["offset"] = torch.tensor(np.cumsum(counts), dtype=torch.int64)
+def concat_fields(batch: list[dict], out: dict, skip: Sequence[str] = ()) -> dict:
+    """Add every field of the samples not already in ``out`` (nor in ``skip``) to ``out``:
+    tensors concatenated along dim 0, anything else as a list."""
     for k in batch[0]:
-        v = batch[0][k]
-        if isinstance(v, torch.Tensor):
+        if k in out or k in skip:
+            continue
+        if isinstance(batch[0][k], torch.Tensor):
             out[k] = torch.cat([b[k] for b in batch], dim=0)
         else:
             out[k] = [b[k] for b in batch]
     return out
+
+
+def collate(batch: list[dict]) -> dict:
+    """Concatenate samples; ``offset`` holds the cumulative point counts."""
+    counts = [len(b["grid_coord"]) for b in batch]
+    return concat_fields(batch, {"offset": torch.tensor(np.cumsum(counts), dtype=torch.int64)})

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from pretrain3d.errors import DataError
@@ -230,6 +232,49 @@ def project_points(points_world, K, pose_c2w, width: int, height: int, margin: i
     return uv, z, in_image
 
 
+@dataclass
+class DepthTest:
+    """Per-point outcome of projecting points into one depth frame (see ``depth_test``)."""
+
+    uv_int: np.ndarray   # (N, 2) nearest pixel [u, v] (meaningful where ``inside``)
+    inside: np.ndarray   # (N,) in front of the camera and inside the image shrunk by the margin
+    valid: np.ndarray    # (N,) inside and the pixel has a valid depth D
+    diff: np.ndarray     # (N,) z - D where ``valid`` (0 elsewhere): > tol occluded, < -tol in front
+    mask: np.ndarray     # (N,) visible: valid and |z - D| <= tol
+
+    @property
+    def occluded(self) -> np.ndarray:
+        return self.valid & ~self.mask & (self.diff > 0)
+
+    @property
+    def in_front(self) -> np.ndarray:
+        return self.valid & ~self.mask & (self.diff < 0)
+
+
+def depth_test(points_world, depth_m, K, pose_c2w, abs_thresh: float | None = None, rel_thresh: float = 0.25,
+               margin: int = 0) -> DepthTest:
+    """Project points into a depth frame and apply the depth test ``|D - z| <= rel_thresh * D``
+    (OpenScene's rule; ``<= abs_thresh`` when given) — one projection serving both the visibility
+    mask and the statistics of why points were rejected."""
+    depth = _as_np(depth_m)
+    H, W = depth.shape
+    uv, z, inside = project_points(_as_np(points_world), K, _as_np(pose_c2w), W, H, margin)
+    uv_int = np.floor(uv + 0.5)
+    uv_int = np.clip(np.nan_to_num(uv_int, nan=-1.0), -(2**62), 2**62).astype(np.int64)
+    n = len(z)
+    valid, diff, mask = np.zeros(n, bool), np.zeros(n), np.zeros(n, bool)
+    idx = np.flatnonzero(inside)
+    if len(idx):
+        D = depth[uv_int[idx, 1], uv_int[idx, 0]]
+        ok = np.isfinite(D) & (D > 0)
+        Dv = np.where(ok, D, 0.0)
+        tol = abs_thresh if abs_thresh is not None else rel_thresh * Dv
+        d = z[idx] - Dv
+        valid[idx], diff[idx] = ok, np.where(ok, d, 0.0)
+        mask[idx] = ok & (np.abs(d) <= tol)
+    return DepthTest(uv_int=uv_int, inside=inside, valid=valid, diff=diff, mask=mask)
+
+
 def visible_mask(
     points_world,
     depth_m,
@@ -239,26 +284,10 @@ def visible_mask(
     rel_thresh: float = 0.25,
     margin: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Which points a depth frame sees (projection + depth test).
-
-    A point is visible when it projects inside the image (see ``project_points``) onto a
-    pixel with valid depth ``D`` and ``|D - z| <= rel_thresh * D`` (OpenScene's rule), or
-    ``|D - z| <= abs_thresh`` when ``abs_thresh`` is given.
+    """Which points a depth frame sees (projection + depth test, see ``depth_test``).
 
     Returns ``(mask (N,) bool, uv_int (N, 2) int64)``; ``uv_int`` is the nearest pixel
     ``[u, v]`` for every point (meaningful where ``mask`` is true).
     """
-    depth = _as_np(depth_m)
-    H, W = depth.shape
-    uv, z, inside = project_points(_as_np(points_world), K, _as_np(pose_c2w), W, H, margin)
-    uv_int = np.floor(uv + 0.5)
-    uv_int = np.clip(np.nan_to_num(uv_int, nan=-1.0), -(2**62), 2**62).astype(np.int64)
-    mask = np.zeros(len(z), dtype=bool)
-    idx = np.flatnonzero(inside)
-    if len(idx):
-        D = depth[uv_int[idx, 1], uv_int[idx, 0]]
-        ok = np.isfinite(D) & (D > 0)
-        diff = np.abs(np.where(ok, D, 0.0) - z[idx])
-        tol = abs_thresh if abs_thresh is not None else rel_thresh * np.where(ok, D, 0.0)
-        mask[idx] = ok & (diff <= tol)
-    return mask, uv_int
+    t = depth_test(points_world, depth_m, K, pose_c2w, abs_thresh, rel_thresh, margin)
+    return t.mask, t.uv_int

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from pretrain3d.geometry.camera import backproject_depth, project_points, visible_mask
+from pretrain3d.geometry.camera import DepthTest, backproject_depth, depth_test
 
 __all__ = [
     "CorrespondenceStats",
@@ -111,22 +111,11 @@ def frame_pixel_points(
     return pts, pix
 
 
-def _classify(points_world, depth, K, pose_c2w, rel_thresh, abs_thresh, margin):
-    """Per-point outcome of projecting into one frame (for the statistics)."""
-    H, W = depth.shape
-    uv, z, inside = project_points(points_world, K, pose_c2w, W, H, margin)
-    out = {"inside": inside}
-    idx = np.flatnonzero(inside)
-    ij = np.floor(uv[idx] + 0.5).astype(np.int64)
-    D = depth[ij[:, 1], ij[:, 0]]
-    valid = np.isfinite(D) & (D > 0)
-    Dv = np.where(valid, D, 0.0)
-    tol = abs_thresh if abs_thresh is not None else rel_thresh * Dv
-    diff = z[idx] - Dv
-    out["no_depth"] = int((~valid).sum())
-    out["occluded"] = int((valid & (diff > tol)).sum())
-    out["in_front"] = int((valid & (-diff > tol)).sum())
-    return out
+def _stats(t: DepthTest) -> CorrespondenceStats:
+    n, n_in = len(t.inside), int(t.inside.sum())
+    return CorrespondenceStats(points=n, pairs=int(t.mask.sum()), out_of_image=n - n_in,
+                               no_depth=int((t.inside & ~t.valid).sum()), occluded=int(t.occluded.sum()),
+                               in_front=int(t.in_front.sum()))
 
 
 def projection_stats(
@@ -139,14 +128,8 @@ def projection_stats(
     margin: int = 2,
 ) -> CorrespondenceStats:
     """What ``scene_point_pixels`` with the same arguments does with each point, as counts."""
-    depth = np.asarray(depth_m, dtype=np.float64)
-    pts = np.asarray(points_world, dtype=np.float64)
-    c = _classify(pts, depth, np.asarray(K, np.float64), np.asarray(pose_c2w, np.float64),
-                  rel_thresh, abs_thresh, margin)
-    n_in = int(c["inside"].sum())
-    pairs = n_in - c["no_depth"] - c["occluded"] - c["in_front"]
-    return CorrespondenceStats(points=len(pts), pairs=pairs, out_of_image=len(pts) - n_in,
-                               no_depth=c["no_depth"], occluded=c["occluded"], in_front=c["in_front"])
+    return _stats(depth_test(np.asarray(points_world, dtype=np.float64), np.asarray(depth_m, dtype=np.float64),
+                             K, pose_c2w, abs_thresh=abs_thresh, rel_thresh=rel_thresh, margin=margin))
 
 
 def scene_point_pixels(
@@ -175,13 +158,11 @@ def scene_point_pixels(
         raise ValueError(f"points_world must be (N, 3), got {pts.shape}")
     if len(pts) == 0:
         return np.zeros(0, np.int64), np.zeros((0, 2), np.int64)
-    mask, uv_int = visible_mask(pts, depth, K, pose_c2w, abs_thresh=abs_thresh, rel_thresh=rel_thresh,
-                                margin=margin)
-    idx = np.flatnonzero(mask).astype(np.int64)
+    t = depth_test(pts, depth, K, pose_c2w, abs_thresh=abs_thresh, rel_thresh=rel_thresh, margin=margin)
+    idx = np.flatnonzero(t.mask).astype(np.int64)
     if stats is not None:
-        s = projection_stats(pts, depth, K, pose_c2w, rel_thresh, abs_thresh, margin)
-        stats.add(s)
-    return idx, uv_int[idx]
+        stats.add(_stats(t))  # from the same projection: no second pass over the points
+    return idx, t.uv_int[idx]
 
 
 def depth_normals(depth_m, K, stride: int = 1, smooth: int | None = None,

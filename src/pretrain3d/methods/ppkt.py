@@ -57,6 +57,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pretrain3d.data import transforms as T
+from pretrain3d.data.dataset import concat_fields
 from pretrain3d.errors import DataError
 from pretrain3d.geometry.correspondence import CorrespondenceStats, frame_points_with_attributes, scene_point_pixels
 from pretrain3d.models.heads import ProjectionHead
@@ -436,12 +437,4 @@ def ppkt_collate(batch: list[dict]) -> dict:
     shapes = {tuple(b["feats2d"].shape[1:]) for b in batch}
     if len(shapes) > 1:
         raise ValueError(f"teacher feature maps of different shapes in one batch: {sorted(shapes)}")
-    for k in batch[0]:
-        if k in out or k in ("pair_voxel", "pair_frame"):
-            continue
-        v = batch[0][k]
-        if isinstance(v, torch.Tensor):
-            out[k] = torch.cat([b[k] for b in batch], dim=0)
-        else:
-            out[k] = [b[k] for b in batch]
-    return out
+    return concat_fields(batch, out, skip=("pair_voxel", "pair_frame"))

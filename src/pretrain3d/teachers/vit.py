@@ -295,6 +295,25 @@ def config_from_state_dict(sd: dict, base: ViTConfig | None = None) -> ViTConfig
     return cfg
 
 
+# torch-hub (facebookresearch/dinov2) names → ours (Hugging Face Dinov2Model); one table, both directions.
+_HUB_TOP = {
+    "cls_token": "embeddings.cls_token",
+    "mask_token": "embeddings.mask_token",
+    "pos_embed": "embeddings.position_embeddings",
+    "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+    "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+    "norm.weight": "layernorm.weight",
+    "norm.bias": "layernorm.bias",
+}
+_HUB_BLOCK = {
+    "norm1": "norm1", "norm2": "norm2",
+    "attn.proj": "attention.output.dense",
+    "ls1.gamma": "layer_scale1.lambda1", "ls2.gamma": "layer_scale2.lambda1",
+    "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+    "mlp.w12": "mlp.weights_in", "mlp.w3": "mlp.weights_out",
+}
+
+
 def convert_hub_state_dict(hub: dict) -> dict:
     """torch-hub DINOv2 (facebookresearch/dinov2) names → ours (HF ``Dinov2Model``).
 
@@ -303,22 +322,7 @@ def convert_hub_state_dict(hub: dict) -> dict:
     chunked ``blocks.{chunk}.{i}`` checkpoints are flattened. Register tokens are not supported.
     Unknown keys raise KeyError (so nothing is silently dropped)."""
     out: dict[str, torch.Tensor] = {}
-    top = {
-        "cls_token": "embeddings.cls_token",
-        "mask_token": "embeddings.mask_token",
-        "pos_embed": "embeddings.position_embeddings",
-        "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
-        "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
-        "norm.weight": "layernorm.weight",
-        "norm.bias": "layernorm.bias",
-    }
-    sub = {
-        "norm1": "norm1", "norm2": "norm2",
-        "attn.proj": "attention.output.dense",
-        "ls1.gamma": "layer_scale1.lambda1", "ls2.gamma": "layer_scale2.lambda1",
-        "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
-        "mlp.w12": "mlp.weights_in", "mlp.w3": "mlp.weights_out",
-    }
+    top, sub = _HUB_TOP, _HUB_BLOCK
     for key, t in hub.items():
         if key in top:
             out[top[key]] = t
@@ -347,22 +351,8 @@ def convert_hub_state_dict(hub: dict) -> dict:
 
 def to_hub_state_dict(ours: dict) -> dict:
     """Inverse of ``convert_hub_state_dict`` (ours → torch-hub names); used by tests and exports."""
-    top = {
-        "embeddings.cls_token": "cls_token",
-        "embeddings.mask_token": "mask_token",
-        "embeddings.position_embeddings": "pos_embed",
-        "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-        "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
-        "layernorm.weight": "norm.weight",
-        "layernorm.bias": "norm.bias",
-    }
-    sub = {
-        "norm1": "norm1", "norm2": "norm2",
-        "attention.output.dense": "attn.proj",
-        "layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma",
-        "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
-        "mlp.weights_in": "mlp.w12", "mlp.weights_out": "mlp.w3",
-    }
+    top = {v: k for k, v in _HUB_TOP.items()}
+    sub = {v: k for k, v in _HUB_BLOCK.items()}
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     for key, t in ours.items():
