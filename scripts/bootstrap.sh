@@ -32,6 +32,6 @@ if ! "$VENV/bin/python" -c 'import open3d' 2>/dev/null; then
     fi
   fi
 fi
-"$VENV/bin/python" -c 'import torch, spconv, open3d, snakemake, dvc, mlflow, onnx, pretrain3d' \
+"$VENV/bin/python" -c 'import torch, spconv, open3d, snakemake, dvc, mlflow, onnx, tokenizers, safetensors, pretrain3d' \
   || { echo "[bootstrap] the environment is incomplete (see the pip output above)" >&2; exit 1; }
 echo "$want" > "$stamp"
