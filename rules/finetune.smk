@@ -5,6 +5,7 @@ rule finetune:
     input:
         data=PROCESSED_ROOT,
         backbone="results/pretrain/{method}/seed{seed}/backbone.pt",
+        benchmark_file=protocol_files,
     output:
         model="results/runs/{method}/{protocol}/seed{seed}/model.pt",
         train_log="results/runs/{method}/{protocol}/seed{seed}/train_log.json",
@@ -13,7 +14,7 @@ rule finetune:
         config=RESOLVED_CONFIG,
         model=section("model"),
         train=section("train"),
-        protocols=section("protocols"),
+        protocols=protocol_params,
         num_classes=section("data", "num_classes"),
     log:
         "logs/finetune/{method}-{protocol}-seed{seed}.log",

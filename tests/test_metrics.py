@@ -146,3 +146,64 @@ def test_render_segmentation_writes_png(tmp_path):
     out2 = tmp_path / "seg_default_palette.png"
     render_segmentation(coord[:5000], gt[:5000], pred[:5000], None, out2)
     _assert_png(out2)
+
+
+def test_class_names_follow_the_dataset():
+    from pretrain3d.data.labels import SCANNET20_NAMES
+    from pretrain3d.data.s3dis import S3DIS_NAMES
+    from pretrain3d.data.scannet200 import SCANNET200_NAMES
+    from pretrain3d.stages.finetune import class_names
+
+    assert class_names(13, "s3dis") == list(S3DIS_NAMES) and len(S3DIS_NAMES) == 13
+    for ds in ("scannet", "scannet_npy"):
+        assert class_names(200, ds) == list(SCANNET200_NAMES) and len(SCANNET200_NAMES) == 200
+        assert class_names(20, ds) == list(SCANNET20_NAMES)
+    for ds in ("synthetic", "scannet_like"):  # both label with ScanNet-20 indices
+        assert class_names(20, ds) == list(SCANNET20_NAMES)
+        assert class_names(200, ds) == [f"class{i}" for i in range(200)]
+    assert class_names(5, "synthetic") == ["class0", "class1", "class2", "class3", "class4"]
+
+
+def test_palettes_are_deterministic_and_distinct_for_any_class_count():
+    from pretrain3d.data.labels import SCANNET20_PALETTE, dataset_palette, distinct_palette
+    from pretrain3d.evaluation.plots import default_palette
+
+    for ds in ("scannet", "scannet_npy", "synthetic", "scannet_like"):
+        np.testing.assert_array_equal(dataset_palette(ds, 20), SCANNET20_PALETTE)
+    for ds, k in (("s3dis", 13), ("scannet", 200), ("scannet_npy", 200)):
+        p = dataset_palette(ds, k)
+        assert p.shape == (k, 3) and p.dtype == np.uint8 and len({tuple(c) for c in p}) == k
+        np.testing.assert_array_equal(p, dataset_palette(ds, k))
+    big = distinct_palette(200).astype(np.int64)
+    assert (np.ptp(big, axis=1) >= 64).all()  # no grey (ignored points), black or white (the page)
+    dist = np.linalg.norm(big[:, None] - big[None], axis=-1)
+    assert dist[~np.eye(200, dtype=bool)].min() >= 30  # neighbours in colour still tell apart
+    np.testing.assert_array_equal(distinct_palette(13), big[:13])  # a prefix: colours stable across K
+    for k in (1, 13, 20, 21, 200):
+        p = default_palette(k)
+        assert p.shape == (k, 3) and len({tuple(c) for c in p}) == k
+
+
+@pytest.mark.parametrize("dataset,k", [("s3dis", 13), ("scannet", 200)])
+def test_render_and_confusion_for_13_and_200_classes(tmp_path, dataset, k):
+    from PIL import Image
+
+    from pretrain3d.data.labels import dataset_palette
+    from pretrain3d.stages.finetune import class_names
+
+    rng = np.random.default_rng(5)
+    n = 6000
+    coord = rng.random((n, 3)) * np.array([6.0, 4.0, 2.5])
+    gt = (coord[:, 0] / 6.0 * k).astype(int)  # every class present: the longest legend
+    pred = np.where(rng.random(n) < 0.7, gt, rng.integers(0, k, n))
+    palette = dataset_palette(dataset, k)
+    out = tmp_path / "render.png"
+    render_segmentation(coord, gt, pred, palette, out, title=dataset, class_names=class_names(k, dataset))
+    _assert_png(out, min_bytes=20_000)
+    pixels = {tuple(c) for c in np.asarray(Image.open(out).convert("RGB")).reshape(-1, 3)}
+    assert tuple(palette[k - 1]) in pixels  # the last class is drawn in its own colour
+
+    cm = confusion_matrix(pred, gt, k)
+    plot_confusion(cm, class_names(k, dataset), tmp_path / "cm.png")
+    _assert_png(tmp_path / "cm.png")
+    assert max(Image.open(tmp_path / "cm.png").size) < 5000  # 200 classes: a capped figure, not 10k pixels

@@ -1,9 +1,12 @@
 import numpy as np
+import pytest
 import torch
 
-from pretrain3d.config import ModelConfig
+from pretrain3d.config import ModelConfig, Params, config_hash
 from pretrain3d.data.protocols import limited_annotations, limited_reconstructions
 from pretrain3d.models.segmentor import build_segmentor
+from pretrain3d.errors import DataError
+from pretrain3d.stages.finetune import run_fingerprint
 
 
 def test_limited_annotations_keeps_n_labelled_points_fixed_per_scene():
@@ -43,3 +46,38 @@ def test_frozen_backbone_gets_no_gradient_and_keeps_bn_stats():
     assert all(p.grad is None for p in model.backbone.parameters())
     assert all(p.grad is not None for p in model.head.parameters())
     assert torch.equal(before, bn.running_mean) and not model.backbone.training
+
+
+def test_benchmark_files_enter_the_fingerprint_by_content(tmp_path):
+    """A changed la/lr file gives a new fingerprint (an old checkpoint is never resumed), an unchanged one
+    the same; full/probe and runs without a file keep the fingerprint they always had."""
+    la, lr = tmp_path / "points20", tmp_path / "1.txt"
+    la.write_bytes(b"labelled points, version 1")
+    lr.write_text("scene0000_00\n")
+    data = {"processed_root": str(tmp_path / "processed")}
+    plain = Params.model_validate({"data": data})
+    cfg = Params.model_validate({"data": {**data, "scannet": {"la_file": str(la), "lr_file": str(lr)}}})
+
+    def fp(c, protocol):
+        return run_fingerprint(c, "scratch", 0, None, protocol)
+
+    before = {p: fp(cfg, p) for p in ("la", "lr")}
+    assert {p: fp(cfg, p) for p in ("la", "lr")} == before  # unchanged files: same runs
+    assert before["la"] != fp(plain, "la") and before["lr"] != fp(plain, "lr")
+    la.write_bytes(b"labelled points, version 2")  # same path, new content
+    assert fp(cfg, "la") != before["la"] and fp(cfg, "lr") == before["lr"]
+    (tmp_path / "copy").write_bytes(la.read_bytes())  # same content elsewhere: the same run
+    moved = Params.model_validate({"data": {**data, "scannet": {"la_file": str(tmp_path / "copy")}}})
+    assert fp(moved, "la") == fp(cfg, "la")
+    lr.write_text("scene0001_00\n")
+    assert fp(cfg, "lr") != before["lr"]
+    for p in ("full", "probe"):
+        assert fp(cfg, p) == fp(plain, p)
+    # no benchmark file: the fingerprint is the one earlier versions wrote, so their checkpoints resume
+    old = {"model": plain.model.model_dump(mode="json"), "train": plain.train.model_dump(mode="json"),
+           "data": "unknown", "method": "scratch", "seed": 0, "init": None, "protocol": "la",
+           "protocols": plain.protocols.model_dump(mode="json")}
+    assert fp(plain, "la") == config_hash(old)
+    la.unlink()
+    with pytest.raises(DataError, match="la_file"):
+        fp(cfg, "la")

@@ -97,3 +97,63 @@ def colorize(segment20) -> np.ndarray:
     ok = (seg >= 0) & (seg < NUM_CLASSES)
     out[ok] = SCANNET20_PALETTE[seg[ok]]
     return out
+
+
+# ----------------------------------------------------------------------------- per-dataset label sets
+SCANNET200_DATASETS = ("scannet", "scannet_npy")  # the datasets whose 200-class labels are ScanNet200's
+
+
+def _is_scannet20(dataset: str, num_classes: int) -> bool:
+    # synthetic, scannet_like, scannet and scannet_npy all label with ScanNet-20 indices
+    return num_classes == NUM_CLASSES and dataset != "s3dis"
+
+
+def dataset_class_names(dataset: str, num_classes: int) -> list[str]:
+    """Names of a dataset's classes, in label order: S3DIS's 13, ScanNet200's 200 (datasets scannet /
+    scannet_npy), ScanNet-20's 20 (every other dataset with 20 classes), else ``class<i>``."""
+    if dataset == "s3dis" and num_classes == 13:
+        from pretrain3d.data.s3dis import S3DIS_NAMES
+
+        return list(S3DIS_NAMES)
+    if dataset in SCANNET200_DATASETS and num_classes == 200:
+        from pretrain3d.data.scannet200 import SCANNET200_NAMES
+
+        return list(SCANNET200_NAMES)
+    if _is_scannet20(dataset, num_classes):
+        return list(SCANNET20_NAMES)
+    return [f"class{i}" for i in range(num_classes)]
+
+
+def _colour_grid(levels: int) -> np.ndarray:
+    g = np.linspace(0.0, 255.0, levels).round()
+    grid = np.stack(np.meshgrid(g, g, g, indexing="ij"), axis=-1).reshape(-1, 3)
+    # no greys, black or white: renders draw ignored points grey on a white page
+    return grid[np.ptp(grid, axis=1) >= 64]
+
+
+def distinct_palette(num_classes: int) -> np.ndarray:
+    """(K, 3) uint8 colours, deterministic and far apart, for any number of classes.
+
+    Greedy farthest-point selection (RGB distance) over a grid of saturated colours, starting at
+    red: each colour is the candidate farthest from those already chosen, so a smaller K's palette
+    is a prefix of a larger one's and 200 classes still differ by at least one grid step.
+    """
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+    levels = 8
+    while len(grid := _colour_grid(levels)) < num_classes:
+        levels += 4
+    chosen = [int(np.argmin(np.abs(grid - [255.0, 0.0, 0.0]).sum(axis=1)))]
+    nearest = np.linalg.norm(grid - grid[chosen[0]], axis=1)
+    for _ in range(1, num_classes):
+        chosen.append(int(np.argmax(nearest)))  # first maximum: ties break by grid order
+        nearest = np.minimum(nearest, np.linalg.norm(grid - grid[chosen[-1]], axis=1))
+    return grid[chosen[:num_classes]].astype(np.uint8).reshape(-1, 3)
+
+
+def dataset_palette(dataset: str, num_classes: int) -> np.ndarray:
+    """Render colours of a dataset's classes: SCANNET20_PALETTE for the ScanNet-20 label set,
+    ``distinct_palette(num_classes)`` for any other (S3DIS's 13, ScanNet200's 200, ...)."""
+    if _is_scannet20(dataset, num_classes):
+        return SCANNET20_PALETTE.copy()
+    return distinct_palette(num_classes)

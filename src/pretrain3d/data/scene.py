@@ -8,6 +8,11 @@ A scene folder (Pointcept-compatible)::
     segment.npy (N,)  int64, -1 = ignore      (Pointcept's segment20.npy / segment200.npy accepted)
     instance.npy (N,) int64                   optional
     frames.json + frames/color/*, frames/depth/*   optional (see pretrain3d.data.frames)
+    meta.json                                 optional: ingestion record (source, axis alignment, skips)
+
+A scene may carry several label sets (ScanNet: segment20.npy and segment200.npy); ``segment_file``
+names the one held in ``segment`` and ``extra_labels`` the others. Unlabelled scenes (ScanNet's
+test split) have no label file at all.
 
 Scenes are written atomically: built in a temporary sibling folder and renamed when complete.
 """
@@ -17,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -28,6 +33,8 @@ from pretrain3d.data.frames import FRAMES_JSON, Frame, FrameIndex
 from pretrain3d.data.labels import IGNORE_INDEX
 from pretrain3d.errors import DataError
 
+META_JSON = "meta.json"
+
 
 @dataclass
 class ProcessedScene:
@@ -35,10 +42,13 @@ class ProcessedScene:
     coord: np.ndarray  # (N,3) float32
     color: np.ndarray  # (N,3) uint8
     normal: np.ndarray  # (N,3) float32
-    segment: np.ndarray  # (N,) int64, -1 = ignore
+    segment: np.ndarray | None  # (N,) int64, -1 = ignore; None: an unlabelled scene
     instance: np.ndarray | None = None  # (N,) int64
     frames: FrameIndex | None = None
     path: Path | None = None
+    segment_file: str = "segment.npy"
+    extra_labels: dict[str, np.ndarray] = field(default_factory=dict)  # file stem -> (N,) labels
+    meta: dict | None = None  # written as meta.json
 
     @property
     def num_points(self) -> int:
@@ -48,7 +58,7 @@ class ProcessedScene:
         self,
         source: str | Path | None = None,
         num_classes: int | None = None,
-        segment_file: str = "segment.npy",
+        segment_file: str | None = None,
     ) -> "ProcessedScene":
         """Normalise dtypes in place and check shapes, lengths, finiteness and label range.
 
@@ -59,7 +69,10 @@ class ProcessedScene:
         n = len(self.coord)
         self.color = _check_color(base / "color.npy", self.color, n)
         self.normal = _check_array(base / "normal.npy", "normal", self.normal, n)
-        self.segment = check_labels(base / segment_file, self.segment, n, num_classes)
+        if self.segment is not None:
+            self.segment = check_labels(base / (segment_file or self.segment_file), self.segment, n, num_classes)
+        for name, labels in self.extra_labels.items():
+            self.extra_labels[name] = check_labels(base / f"{name}.npy", labels, n)
         if self.instance is not None:
             self.instance = _check_int(base / "instance.npy", "instance", self.instance, n)
         return self
@@ -225,16 +238,35 @@ def write_processed_scene(
     if scene.frames is not None:
         scene.frames.validate(check_files=False)
     with atomic_dir(out_dir) as tmp:
-        np.save(tmp / "coord.npy", scene.coord)
-        np.save(tmp / "color.npy", scene.color)
-        np.save(tmp / "normal.npy", scene.normal)
-        np.save(tmp / "segment.npy", scene.segment)
-        if scene.instance is not None:
-            np.save(tmp / "instance.npy", scene.instance)
         if scene.frames is not None:
             new_index = _copy_frames(scene.frames, Path(copy_frames_from) if copy_frames_from else None, tmp)
             new_index.save(tmp / FRAMES_JSON)
+        write_scene_files(tmp, scene, frames=False)
     return out_dir
+
+
+def write_scene_files(folder: str | Path, scene: ProcessedScene, frames: bool = True) -> None:
+    """Write the arrays, meta.json and (with ``frames``) frames.json of an already validated
+    scene into ``folder`` — for readers that build the folder themselves inside ``atomic_dir``
+    (e.g. ScanNet, whose frame images are decoded straight into it). The frame index must hold
+    paths relative to ``folder``."""
+    from pretrain3d.atomic import write_json
+
+    folder = Path(folder)
+    np.save(folder / "coord.npy", scene.coord)
+    np.save(folder / "color.npy", scene.color)
+    np.save(folder / "normal.npy", scene.normal)
+    if scene.segment is not None:
+        np.save(folder / scene.segment_file, scene.segment)
+    for name, labels in scene.extra_labels.items():
+        np.save(folder / f"{name}.npy", labels)
+    if scene.instance is not None:
+        np.save(folder / "instance.npy", scene.instance)
+    if frames and scene.frames is not None:
+        scene.frames.validate(source=folder / FRAMES_JSON, check_files=False)
+        scene.frames.save(folder / FRAMES_JSON)
+    if scene.meta is not None:
+        write_json(folder / META_JSON, scene.meta)
 
 
 def _load_npy(path: Path, mmap: bool) -> np.ndarray:
@@ -246,7 +278,7 @@ def _load_npy(path: Path, mmap: bool) -> np.ndarray:
         raise DataError(path, f"truncated or corrupt .npy file ({type(e).__name__}: {e})") from e
 
 
-def _segment_file(scene_dir: Path, num_classes: int | None) -> Path:
+def _segment_file(scene_dir: Path, num_classes: int | None, required: bool = True) -> Path | None:
     candidates = ["segment.npy"]
     if num_classes is not None:
         candidates.append(f"segment{num_classes}.npy")
@@ -254,8 +286,11 @@ def _segment_file(scene_dir: Path, num_classes: int | None) -> Path:
     for c in candidates:
         if (scene_dir / c).is_file():
             return scene_dir / c
+    if not required:
+        return None
     raise DataError(scene_dir / "segment.npy", "label file not found (looked for "
-                    + ", ".join(candidates) + ")")
+                    + ", ".join(candidates) + ")",
+                    "unlabelled scenes (e.g. a test split) cannot be used for training or evaluation")
 
 
 def load_processed_scene(
@@ -263,11 +298,13 @@ def load_processed_scene(
     num_classes: int | None = None,
     load_frames: bool = True,
     mmap: bool = False,
+    allow_unlabelled: bool = False,
 ) -> ProcessedScene:
     """Load and validate one processed scene folder (ours or Pointcept's).
 
     Labels are read from segment.npy, else segment<num_classes>.npy, else segment20.npy, and must
-    lie in [-1, num_classes). ``load_frames`` reads and validates frames.json when present.
+    lie in [-1, num_classes). With ``allow_unlabelled`` a scene without any of them (ScanNet test)
+    loads with every label -1. ``load_frames`` reads and validates frames.json when present.
     """
     d = Path(scene_dir)
     if not d.is_dir():
@@ -275,12 +312,16 @@ def load_processed_scene(
     coord = _load_npy(d / "coord.npy", mmap)
     color = _load_npy(d / "color.npy", mmap)
     normal = _load_npy(d / "normal.npy", mmap)
-    seg_path = _segment_file(d, num_classes)
-    segment = _load_npy(seg_path, mmap)
+    seg_path = _segment_file(d, num_classes, required=not allow_unlabelled)
+    if seg_path is None:
+        segment = np.full(len(coord), IGNORE_INDEX, dtype=np.int64)
+        seg_path = d / "segment.npy"
+    else:
+        segment = _load_npy(seg_path, mmap)
     instance = _load_npy(d / "instance.npy", mmap) if (d / "instance.npy").is_file() else None
 
-    scene = ProcessedScene(d.name, coord, color, normal, segment, instance, None, d)
-    scene.validate(d, num_classes, segment_file=seg_path.name)
+    scene = ProcessedScene(d.name, coord, color, normal, segment, instance, None, d, segment_file=seg_path.name)
+    scene.validate(d, num_classes)
     frames = None
     if load_frames and (d / FRAMES_JSON).is_file():
         frames = FrameIndex.load(d / FRAMES_JSON)

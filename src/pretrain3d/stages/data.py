@@ -34,20 +34,55 @@ def generate(cfg: Params) -> Path:
     return out
 
 
-def preprocess(cfg: Params) -> Path:
-    """Raw ScanNet-like scenes → processed-scene contract at data.processed_root."""
-    from pretrain3d.data.scannet_like import preprocess_scannet_like
+def preprocess(cfg: Params, dataset: str | None = None, raw_root: str | None = None,
+               out_root: str | None = None, scenes: list[str] | None = None) -> Path:
+    """Raw scenes of ``dataset`` (default data.dataset) → processed-scene contract.
 
-    out = Path(cfg.data.processed_root)
+    Without ``out_root`` the output is data.processed_root, replaced as a whole atomically (the
+    pipeline's rule). With ``out_root`` (the CLI's --out-root) scenes are written into it one by
+    one, each atomically, and a ScanNet manifest keeps the scenes of earlier runs.
+    """
+    dataset = dataset or cfg.data.dataset
+    raw = Path(raw_root or cfg.data.raw_root)
+    out = Path(out_root or cfg.data.processed_root)
     t0 = time.perf_counter()
-    with job_run(cfg.tracking, "preprocess", job_tags(cfg, "preprocess"), job_params(cfg)) as run:
-        with atomic_dir(out) as tmp:
-            manifest = preprocess_scannet_like(cfg.data.raw_root, tmp, workers=cfg.data.workers, progress=True)
+    with job_run(cfg.tracking, "preprocess", job_tags(cfg, "preprocess", dataset=dataset), job_params(cfg)) as run:
+        if out_root is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            manifest = _ingest(cfg, dataset, raw, out, scenes, merge=True)
+        else:
+            with atomic_dir(out) as tmp:
+                manifest = _ingest(cfg, dataset, raw, tmp, scenes, merge=False)
         run.set_tags({"data_hash": manifest.get("data_hash", "unknown")})
         run.log_metrics({"preprocess/seconds": time.perf_counter() - t0})
         run.log_artifact(out / "manifest.json")
-    log.info("preprocessed into %s (%.1f s)", out, time.perf_counter() - t0)
+    log.info("preprocessed %s from %s into %s (%.1f s)", dataset, raw, out, time.perf_counter() - t0)
     return out
+
+
+def _ingest(cfg: Params, dataset: str, raw: Path, out: Path, scenes: list[str] | None, merge: bool) -> dict:
+    d = cfg.data
+    if dataset in ("synthetic", "scannet_like"):
+        from pretrain3d.data.scannet_like import preprocess_scannet_like
+
+        return preprocess_scannet_like(raw, out, workers=d.workers, progress=True)
+    if dataset == "scannet":
+        from pretrain3d.data.scannet import ScanNetOptions, preprocess_scannet
+
+        sc = d.scannet
+        opts = ScanNetOptions(frame_step=sc.frame_step, export_frames=sc.export_frames, axis_align=sc.axis_align)
+        return preprocess_scannet(raw, out, opts, labels_tsv=sc.labels_tsv, split_dir=sc.split_dir,
+                                  splits=sc.splits, scenes=scenes or sc.scenes, workers=d.workers, merge=merge)
+    if dataset == "scannet_npy":
+        from pretrain3d.data.pointcept_npy import link_pointcept_scenes
+
+        return link_pointcept_scenes(raw, out, splits=d.scannet.splits, num_classes=d.num_classes)
+    if dataset == "s3dis":
+        from pretrain3d.data.s3dis import preprocess_s3dis
+
+        return preprocess_s3dis(raw, out, val_area=d.s3dis.val_area, policy=d.s3dis.malformed_lines,
+                                workers=d.workers)
+    raise ValueError(f"unknown dataset {dataset!r}")
 
 
 def fuse_sevenscenes(root: str, out: str, frame_step: int, voxel_size: float) -> Path:

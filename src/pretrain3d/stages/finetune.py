@@ -15,11 +15,12 @@ from torch.utils.data import BatchSampler, DataLoader
 from pretrain3d.atomic import write_json, write_text
 from pretrain3d.config import Params, config_hash, dump_yaml
 from pretrain3d.data.dataset import EpochSampler, EvalDataset, TrainDataset, collate, load_split
-from pretrain3d.data.labels import SCANNET20_NAMES
+from pretrain3d.data.labels import dataset_class_names
 from pretrain3d.data.protocols import limited_annotations, limited_reconstructions
 from pretrain3d.engine.optim import build_optimizer, build_scheduler
 from pretrain3d.engine.seed import resolve_device, seed_everything
 from pretrain3d.engine.trainer import CheckpointError, Trainer, load_checkpoint, load_state_strict, save_checkpoint
+from pretrain3d.errors import DataError
 from pretrain3d.evaluation.inference import evaluate_scenes
 from pretrain3d.methods.linear_probe import backbone_features, fit_linear_head
 from pretrain3d.methods.semseg import semseg_loss
@@ -33,10 +34,9 @@ log = logging.getLogger(__name__)
 MODEL_FORMAT = 1
 
 
-def class_names(num_classes: int) -> list[str]:
-    if num_classes == len(SCANNET20_NAMES):
-        return list(SCANNET20_NAMES)
-    return [f"class{i}" for i in range(num_classes)]
+def class_names(num_classes: int, dataset: str) -> list[str]:
+    """The class names of ``dataset`` (data.dataset): S3DIS 13, ScanNet200, ScanNet-20, else ``class<i>``."""
+    return dataset_class_names(dataset, num_classes)
 
 
 PROTOCOLS = ("full", "la", "lr", "probe")
@@ -50,28 +50,60 @@ def run_fingerprint(cfg: Params, method: str, seed: int, init: str | None, proto
         "init": _file_sha(init) if init else None,
         "protocol": protocol, "protocols": cfg.protocols.model_dump(mode="json") if protocol != "full" else None,
     }
+    bench = protocol_file(cfg, protocol)
+    if bench:  # only then, so that runs without a benchmark file keep their fingerprints (and resume)
+        if not Path(bench).is_file():
+            key = f"data.scannet.{protocol}_file"
+            raise DataError(bench, f"{key} not found", f"the data-efficient benchmark file of protocol {protocol}; "
+                            f"fix {key} or set it to null")
+        parts["benchmark_file_sha256"] = _sha256(bench)  # its content: the same path may hold a new file
     return config_hash(parts)
 
 
+def protocol_file(cfg: Params, protocol: str) -> str | None:
+    """The data-efficient benchmark file a protocol reads, if configured: data.scannet.la_file (la),
+    data.scannet.lr_file (lr); never one for full or probe."""
+    return {"la": cfg.data.scannet.la_file, "lr": cfg.data.scannet.lr_file}.get(protocol) or None
+
+
 def apply_protocol(cfg: Params, protocol: str, scenes: list) -> list:
-    """The training scenes (and labels) a data-efficient protocol allows."""
+    """The training scenes (and labels) a data-efficient protocol allows: the benchmark's files
+    when data.scannet.lr_file / la_file are set, else our fixed random selections."""
+    from pretrain3d.data import efficient
+    from pretrain3d.errors import DataError
+
+    lr_file, la_file = cfg.data.scannet.lr_file, cfg.data.scannet.la_file
     if protocol == "lr":
-        keep = set(limited_reconstructions([s.scene_id for s in scenes], cfg.protocols.lr_fraction))
+        ids = [s.scene_id for s in scenes]
+        if lr_file:
+            keep = set(efficient.select_scenes(ids, efficient.read_lr_file(lr_file), lr_file))
+        else:
+            keep = set(limited_reconstructions(ids, cfg.protocols.lr_fraction))
         scenes = [s for s in scenes if s.scene_id in keep]
     elif protocol == "la":
+        chosen = efficient.read_la_file(la_file) if la_file else None
         for s in scenes:
-            s.segment = limited_annotations(s.segment, cfg.protocols.la_points, s.scene_id)
+            if chosen is None:
+                s.segment = limited_annotations(s.segment, cfg.protocols.la_points, s.scene_id)
+            elif s.scene_id not in chosen:
+                raise DataError(la_file, f"no labelled points listed for training scene {s.scene_id!r}")
+            else:
+                s.segment = efficient.keep_labelled_points(s.segment, chosen[s.scene_id], s.scene_id, la_file)
     elif protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r} (valid: {', '.join(PROTOCOLS)})")
     return scenes
 
 
-def _file_sha(path: str) -> str:
+def _sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()[:16]
+    return h.hexdigest()
+
+
+def _file_sha(path: str) -> str:
+    return _sha256(path)[:16]
 
 
 def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_backbone: str | None = None,
@@ -111,7 +143,7 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
         return DataLoader(train_ds, batch_sampler=BatchSampler(sampler, tc.batch_size, drop_last=False),
                           collate_fn=collate, num_workers=tc.num_workers, pin_memory=device.type == "cuda")
 
-    names = class_names(nc)
+    names = class_names(nc, cfg.data.dataset)
 
     def validate(m) -> dict[str, float]:
         metrics, _ = evaluate_scenes(m, val_samples, nc, names, device)
