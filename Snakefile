@@ -12,10 +12,12 @@ configfile: "params.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/download.smk"
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/finetune.smk"
 include: "rules/evaluate.smk"
+include: "rules/references.smk"
 include: "rules/report.smk"
 
 

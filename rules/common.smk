@@ -50,22 +50,54 @@ def metrics_files():
 
 
 def pretrain_inputs(wildcards):
-    """scratch needs nothing but the seed; teacher-based methods need the 2D feature cache."""
+    """scratch needs nothing but the seed; PPKT needs the 2D feature cache; PonderV2 the RGB-D frames."""
     if wildcards.method == "scratch":
         return []
-    return [PROCESSED_ROOT, FEATURES_DIR]
+    if wildcards.method == "ppkt":
+        return [PROCESSED_ROOT, FEATURES_DIR]
+    return [PROCESSED_ROOT]
 
 
 def pretrain_params(wildcards):
     """The config sections a pre-training job depends on (scratch: only the model)."""
     if wildcards.method == "scratch":
         return {"model": config["model"]}
-    return {
+    out = {
         "model": config["model"],
         "pretrain": config["pretrain"],
-        "teacher": config["teacher"],
         "grid_size": config["train"]["grid_size"],
     }
+    if wildcards.method == "ppkt":
+        out["teacher"] = config["teacher"]
+    return out
+
+
+def protocol_files(wildcards):
+    """The data-efficient benchmark file a fine-tuning job reads, when configured: data.scannet.la_file
+    (protocol la) or lr_file (lr). An input, so a newer file reruns exactly the jobs that read it."""
+    key = {"la": "la_file", "lr": "lr_file"}.get(wildcards.protocol)
+    path = config["data"]["scannet"][key] if key else None
+    return [path] if path else []
+
+
+def protocol_params(wildcards):
+    """The protocols section, plus data.scannet.<la|lr>_file for the la/lr jobs that read one. Jobs
+    without a benchmark file (every job of the default config) keep exactly their recorded params."""
+    files = protocol_files(wildcards)
+    if not files:
+        return config["protocols"]
+    return {**config["protocols"], f"data.scannet.{wildcards.protocol}_file": files[0]}
+
+
+PONDER_METHODS = [m for m in METHODS if m.startswith("ponderv2")]
+# PonderV2's visual checks in the report: held-out renders of every PonderV2 backbone, and the
+# real-data check (7-Scenes; a recorded skip where the fixture is absent). The check is always part
+# of the graph, so that DVC's static stage list and Snakemake's DAG agree for every config.
+REAL_CHECK = ["results/ponderv2_real/render.png", "results/ponderv2_real/render.json"]
+
+# The report re-renders a held-out view from the first seed's PonderV2 backbone(s) (renderer weights
+# are saved in backbone.pt) into results/renders/, a declared output of the report job.
+RENDER_BACKBONES = expand("results/pretrain/{method}/seed{seed}/backbone.pt", method=PONDER_METHODS, seed=SEEDS[:1])
 
 
 OWN_PARENT = []  # the parent run this invocation created (and so must end)

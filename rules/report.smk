@@ -3,10 +3,14 @@
 
 rule report:
     input:
-        metrics_files(),
+        metrics=metrics_files(),
+        references="results/references.json",
+        backbones=RENDER_BACKBONES,
+        real=REAL_CHECK,
     output:
         summary="results/summary.json",
         report="results/report.md",
+        renders=directory("results/renders"),
     params:
         config=RESOLVED_CONFIG,
         experiment=section("experiment"),
@@ -17,4 +21,5 @@ rule report:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d report --config {params.config} --metrics {input} --out-dir results > {log} 2>&1"
+        "pretrain3d report --config {params.config} --metrics {input.metrics} --references {input.references}"
+        " --renders {input.backbones} --real-check {input.real} --out-dir results > {log} 2>&1"

@@ -93,3 +93,25 @@ def test_dvc_repro_metrics_and_experiment(tmp_path):
         assert f"Running stage '{upstream}'" not in text
     diff = run([*dvc, "metrics", "diff", "--all"], wd).stdout
     assert "mIoU" in diff
+
+
+def test_dvc_params_exist_and_preprocess_tracks_ingestion_options():
+    """Every DVC param is a key of params.yaml (DVC refuses a missing one); preprocess lists every ScanNet
+    ingestion option — all of data.scannet but la_file / lr_file, as rules/data.smk — and finetune those two."""
+    import yaml
+
+    from pretrain3d.config import ScanNetConfig
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        for key in stage.get("params", []):
+            node = params
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{name}: param {key} is not in params.yaml"
+                node = node[part]
+    benchmark = {"data.scannet.la_file", "data.scannet.lr_file"}
+    pre = set(stages["preprocess"]["params"])
+    assert {f"data.scannet.{k}" for k in ScanNetConfig.model_fields} - benchmark <= pre and "data.s3dis" in pre
+    assert not (benchmark | {"data.scannet", "data"}) & pre  # a la/lr change must not rebuild the processed data
+    assert benchmark <= set(stages["finetune"]["params"])

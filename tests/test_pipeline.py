@@ -13,13 +13,14 @@ from pipeline_util import make_workdir, snakemake
 pytestmark = pytest.mark.slow
 
 
-RUNS = [(m, p, s) for m in ("scratch", "ppkt") for p in ("la", "probe") for s in (0, 1)]
+METHODS = ("scratch", "ppkt", "ponderv2", "ponderv2_semantic")
+RUNS = [(m, p, s) for m in METHODS for p in ("la", "probe") for s in (0, 1)]
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     wd = make_workdir(tmp_path_factory.mktemp("pipeline"),
-                      extra={"experiment": {"methods": ["scratch", "ppkt"], "protocols": ["la", "probe"]}})
+                      extra={"experiment": {"methods": list(METHODS), "protocols": ["la", "probe"]}})
     snakemake(["--cores", "2"], wd)
     return wd
 
@@ -27,9 +28,13 @@ def finished(tmp_path_factory):
 def test_pipeline_outputs(finished):
     wd = finished
     summary = json.loads((wd / "results/summary.json").read_text())
-    for group in ("scratch/la", "scratch/probe", "ppkt/la", "ppkt/probe"):
-        assert summary["groups"][group]["n_seeds"] == 2
-    assert {(c["method"], c["protocol"]) for c in summary["comparisons"]} == {("ppkt", "la"), ("ppkt", "probe")}
+    for m in METHODS:
+        for p in ("la", "probe"):
+            assert summary["groups"][f"{m}/{p}"]["n_seeds"] == 2
+    assert {(c["method"], c["protocol"]) for c in summary["comparisons"]} == {
+        (m, p) for m in METHODS[1:] for p in ("la", "probe")}
+    assert summary["groups"]["ponderv2_semantic/la"]["uses_gt_labels"] is True
+    assert summary["groups"]["ponderv2/la"]["uses_gt_labels"] is False
     meta = json.loads(next((wd / "data/features").glob("*/meta.json")).read_text())
     assert meta["name"] == "dinov2_vits14" and meta["dim"] == 384
     for method, protocol, seed in RUNS:
@@ -41,6 +46,15 @@ def test_pipeline_outputs(finished):
     report = (wd / "results/report.md").read_text()
     assert "scratch" in report and "ppkt" in report and "±" in report and "render.png" in report
     assert "Pre-training vs scratch" in report
+    # PonderV2: held-out renders re-made from the saved renderer, and the real-data check (a recorded
+    # skip here: the 7-Scenes path is relative to the repository, not this work dir)
+    for m in ("ponderv2", "ponderv2_semantic"):
+        assert (wd / f"results/renders/{m}-seed0.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"renders/{m}-seed0.png" in report
+        log = json.loads((wd / f"results/pretrain/{m}/seed0/pretrain_log.json").read_text())
+        assert log["uses_gt_labels"] is (m == "ponderv2_semantic") and log["steps"] == 4
+    real = json.loads((wd / "results/ponderv2_real/render.json").read_text())
+    assert real["status"] == "skipped" and "Real RGB-D**: skipped" in report
     # every rule logged, and nothing half-written left behind
     assert (wd / "logs/report.log").exists()
     assert not list(wd.rglob(".*.tmp"))
@@ -58,7 +72,7 @@ def test_mlflow_store_holds_parent_and_child_runs(finished):
     children = [r for r in runs if tags[r[0]].get("mlflow.parentRunId") == pid]
     names = sorted(r[1] for r in children)
     expected = ["generate", "preprocess", "features-dinov2_vits14", "report"]
-    expected += [f"pretrain-{m}-seed{s}" for m in ("scratch", "ppkt") for s in (0, 1)]
+    expected += [f"pretrain-{m}-seed{s}" for m in METHODS for s in (0, 1)]
     expected += [f"{job}-{m}-{p}-seed{s}" for job in ("finetune", "evaluate") for m, p, s in RUNS]
     assert names == sorted(expected)
     for r in children:
@@ -73,6 +87,16 @@ def test_mlflow_store_holds_parent_and_child_runs(finished):
     t = tags[pre[0]]
     assert t["uses_gt_labels"] == "false" and t["teacher"] == "dinov2_vits14" and t["tau"] == "0.04"
     assert {"teacher_layer", "pairs_per_batch"} <= set(t)
+    for m, gt in (("ponderv2", "false"), ("ponderv2_semantic", "true")):
+        t = tags[[r for r in children if r[1] == f"pretrain-{m}-seed1"][0][0]]
+        assert t["uses_gt_labels"] == gt and t["render_semantic"] == gt and t["method"] == m
+    t = tags[[r for r in children if r[1] == "pretrain-ponderv2_semantic-seed0"][0][0]]
+    assert t["text_encoder"] == "minilm_l6_v2"
+    ev_gt = [r for r in children if r[1] == "evaluate-ponderv2_semantic-la-seed0"][0]
+    assert tags[ev_gt[0]]["uses_gt_labels"] == "true"  # the flag follows the backbone into every later run
+    pre = [r for r in children if r[1] == "pretrain-ponderv2-seed0"][0]
+    arts = {k for (k,) in con.execute("select key from metrics where run_uuid = ?", (pre[0],))}
+    assert "render/depth_abs_err_median_m" in arts and "train/loss_rgb" in arts
     metrics = {k for (k,) in con.execute("select key from metrics where run_uuid = ?", (ev[0],))}
     assert {"val/mIoU", "val/mAcc", "val/allAcc"} <= metrics
     ft = [r for r in children if r[1] == "finetune-ppkt-la-seed0"][0]

@@ -336,7 +336,7 @@ def test_pretrain_stage_loss_falls_and_backbone_loads(tiny, tmp_path):
     assert "train/pairs/occluded" in run.data.metrics and "train/top1" in run.data.metrics
     # an unknown method is a clear error
     with pytest.raises(ValueError, match="not implemented"):
-        pretrain(cfg, "ponderv2", 0, tmp_path / "other", progress=False)
+        pretrain(cfg, "condense", 0, tmp_path / "other", progress=False)
 
 
 def test_pretrain_resume_is_exact(tiny, tmp_path):

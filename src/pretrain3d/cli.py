@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from pretrain3d.errors import Pretrain3DError
 
@@ -33,10 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("preprocess", help="raw scenes → processed-scene folders")
     _add_config(p)
-    p.add_argument("dataset", nargs="?", choices=["config", "sevenscenes"], default="config",
-                   help="'config' (default): data.dataset of the config; 'sevenscenes': fuse a 7-Scenes sequence")
-    p.add_argument("--raw-root", help="sevenscenes: the sequence folder (default data.sevenscenes.root)")
-    p.add_argument("--out-root", help="sevenscenes: output scene folder")
+    p.add_argument("dataset", nargs="?", choices=["config", "sevenscenes", "scannet", "scannet_npy", "s3dis"],
+                   default="config",
+                   help="'config' (default): data.dataset of the config into data.processed_root; 'sevenscenes': "
+                   "fuse a 7-Scenes sequence; 'scannet': the official ScanNet v2 release; 'scannet_npy': a folder "
+                   "preprocessed by Pointcept; 's3dis': Stanford3dDataset_v1.2_Aligned_Version (options from the "
+                   "config's data.scannet / data.s3dis)")
+    p.add_argument("--raw-root", help="the raw dataset folder (default data.raw_root; sevenscenes: "
+                   "data.sevenscenes.root)")
+    p.add_argument("--out-root", help="output folder, written scene by scene (default: data.processed_root, "
+                   "replaced as a whole); required for sevenscenes")
+    p.add_argument("--scenes", nargs="+", metavar="ID", help="scannet: only these scene ids (any split)")
 
     p = sub.add_parser("features", help="cache the frozen 2D teacher's features of every frame")
     _add_config(p)
@@ -44,9 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pre-train a backbone (scratch: a seeded random initialisation)")
     _add_config(p)
-    p.add_argument("--method", required=True, choices=["scratch", "ppkt"])
+    p.add_argument("--method", required=True, choices=["scratch", "ppkt", "ponderv2", "ponderv2_semantic"])
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("ponderv2-real-check",
+                       help="pre-train PonderV2 briefly on a real RGB-D sequence and render a held-out frame")
+    _add_config(p)
+    p.add_argument("--root", default=None, help="7-Scenes sequence folder (default data.sevenscenes.root)")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--steps", type=int, default=None, help="default: pretrain.ponderv2.real_check_steps")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("finetune", help="train a segmentation model (from scratch or a pre-trained backbone)")
@@ -65,11 +81,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="full", choices=["full", "la", "lr", "probe"])
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--export-dir", default=None,
+                   help="also write the val predictions as ScanNet <scene>.txt files (NYU40 ids) into this folder")
+
+    p = sub.add_parser("export-benchmark",
+                       help="write a split's predictions and/or ground truth as ScanNet <scene>.txt files")
+    _add_config(p)
+    p.add_argument("--split", default="val", help="processed split (test scenes need no labels for predictions)")
+    p.add_argument("--model", default=None, help="segmentation model (needed for --pred-dir); eval.tta applies")
+    p.add_argument("--pred-dir", default=None, help="folder for predictions (replaced as a whole)")
+    p.add_argument("--gt-dir", default=None, help="folder for ground truth: segment20 → NYU40, ignore → 0")
+
+    p = sub.add_parser("eval-benchmark", help="score <scene>.txt predictions with the official benchmark rules")
+    p.add_argument("--format", default="scannet", choices=["scannet"])
+    p.add_argument("--gt-dir", required=True, help="one <scene>.txt of NYU40 ids per scene")
+    p.add_argument("--pred-dir", required=True, help="one <scene>.txt per ground-truth scene")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the result as JSON")
 
     p = sub.add_parser("report", help="summary.json + report.md from metrics files")
     _add_config(p)
     p.add_argument("--metrics", nargs="+", required=True)
     p.add_argument("--out-dir", default="results")
+    p.add_argument("--references", default=None, metavar="JSON",
+                   help="paper references table from `log-references` (adds the 'Paper references' section)")
+    p.add_argument("--renders", nargs="*", default=[], metavar="BACKBONE",
+                   help="PonderV2 backbone.pt files whose held-out view the report renders")
+    p.add_argument("--real-check", nargs="*", default=[], metavar="FILE",
+                   help="outputs of `ponderv2-real-check` (render.png, render.json) to show")
+
+    p = sub.add_parser("download", help="build data.raw_root from data.download (URLs with sha256, or your script)")
+    _add_config(p)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("log-references", help="log the papers' numbers as MLflow reference runs + a JSON table")
+    _add_config(p)
+    p.add_argument("--out", default="results/references.json")
+    p.add_argument("--references", default=None, metavar="YAML",
+                   help="reference file (default: the packaged pretrain3d/tracking/paper_references.yaml)")
     return ap
 
 
@@ -97,8 +145,19 @@ def _dispatch(args, load) -> int:
         else:
             print(json.dumps(json_schema(), indent=2, sort_keys=True))
         return 0
+    if args.cmd == "eval-benchmark":  # needs no config
+        from pretrain3d.stages.evaluate import eval_benchmark
 
-    cfg = load(args.config)
+        eval_benchmark(args.format, args.gt_dir, args.pred_dir, args.json)
+        return 0
+
+    if args.cmd == "preprocess" and args.dataset != "config" and not args.config and not Path("params.yaml").is_file():
+        # Standalone use outside a project: the defaults and the flags, no tracking store in cwd.
+        from pretrain3d.config import Params
+
+        cfg = Params.model_validate({"tracking": {"enabled": False}})
+    else:
+        cfg = load(args.config)
     if args.cmd == "validate-config":
         from pretrain3d.config import config_hash, dump_yaml
 
@@ -118,8 +177,10 @@ def _dispatch(args, load) -> int:
                 raise SystemExit("pretrain3d preprocess sevenscenes: --out-root is required")
             data.fuse_sevenscenes(args.raw_root or cfg.data.sevenscenes.root, args.out_root,
                                   cfg.data.sevenscenes.frame_step, cfg.data.sevenscenes.voxel_size)
-        else:
+        elif args.dataset == "config":
             data.preprocess(cfg)
+        else:
+            data.preprocess(cfg, args.dataset, args.raw_root, args.out_root, args.scenes)
     elif args.cmd == "features":
         from pretrain3d.stages.features import cache_features
 
@@ -133,6 +194,11 @@ def _dispatch(args, load) -> int:
             from pretrain3d.stages.pretrain import pretrain
 
             pretrain(cfg, args.method, args.seed, args.out_dir, progress=not args.no_progress)
+    elif args.cmd == "ponderv2-real-check":
+        from pretrain3d.stages.render import real_data_check
+
+        real_data_check(cfg, args.out_dir, args.steps or cfg.pretrain.ponderv2.real_check_steps,
+                        progress=not args.no_progress, root=args.root)
     elif args.cmd == "finetune":
         from pretrain3d.stages.finetune import finetune
 
@@ -141,11 +207,29 @@ def _dispatch(args, load) -> int:
     elif args.cmd == "evaluate":
         from pretrain3d.stages.evaluate import evaluate
 
-        evaluate(cfg, args.model, args.out_dir, args.method, args.seed, protocol=args.protocol)
+        evaluate(cfg, args.model, args.out_dir, args.method, args.seed, protocol=args.protocol,
+                 export_dir=args.export_dir)
+    elif args.cmd == "export-benchmark":
+        from pretrain3d.stages.evaluate import export_benchmark
+
+        if not (args.pred_dir or args.gt_dir):
+            raise SystemExit("pretrain3d export-benchmark: give --pred-dir and/or --gt-dir")
+        if args.pred_dir and not args.model:
+            raise SystemExit("pretrain3d export-benchmark: --pred-dir needs --model")
+        export_benchmark(cfg, args.split, pred_dir=args.pred_dir, gt_dir=args.gt_dir, model_path=args.model)
     elif args.cmd == "report":
         from pretrain3d.stages.report import report
 
-        report(cfg, args.metrics, args.out_dir)
+        report(cfg, args.metrics, args.out_dir, references=args.references, renders=args.renders,
+               real_check=args.real_check)
+    elif args.cmd == "download":
+        from pretrain3d.stages.download import download_raw
+
+        download_raw(cfg, progress=not args.no_progress)
+    elif args.cmd == "log-references":
+        from pretrain3d.stages.references import log_references
+
+        log_references(cfg, args.out, args.references)
     return 0
 
 

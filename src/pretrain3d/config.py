@@ -57,11 +57,122 @@ class SevenScenesConfig(_Strict):
     voxel_size: float = Field(0.02, gt=0)
 
 
+class ScanNetConfig(_Strict):
+    """ScanNet v2 from the official release (dataset: scannet) or Pointcept's npy layout (scannet_npy)."""
+
+    frame_step: int = Field(20, ge=1, description="Export every k-th RGB-D frame of each .sens (PPKT used 25, "
+                            "PonderV2 10, OpenScene 20).")
+    export_frames: bool = Field(True, description="Decode .sens frames (needed by pre-training, not by fine-tuning).")
+    axis_align: bool = Field(False, description="Apply each scan's axisAlignment to points, normals and frame "
+                             "poses. Pointcept does not; the matrix is stored in meta.json either way.")
+    labels_tsv: str | None = Field(None, description="scannetv2-labels.combined.tsv; null: <raw_root>/"
+                                   "scannetv2-labels.combined.tsv (needed for segment200).")
+    split_dir: str | None = Field(None, description="Folder with scannetv2_{train,val,test}.txt; null: raw_root.")
+    splits: list[Literal["train", "val", "test"]] = Field(["train", "val"], min_length=1,
+                                                          description="Splits to ingest (test has no labels).")
+    scenes: list[str] = Field([], description="Only these scene ids (any split); [] = every scene of `splits`.")
+    la_file: str | None = Field(None, description="Data-efficient benchmark, limited annotations: a torch-saved dict "
+                                "scene -> labelled point indices (tasks/points/points{20,50,100,200}); used by "
+                                "protocol la instead of a random protocols.la_points selection.")
+    lr_file: str | None = Field(None, description="Data-efficient benchmark, limited reconstructions: a list of "
+                                "training scene ids (tasks/scenes/{1,5,10,20}.txt); used by protocol lr instead "
+                                "of protocols.lr_fraction.")
+
+
+class S3DISConfig(_Strict):
+    """S3DIS (Stanford3dDataset_v1.2_Aligned_Version)."""
+
+    val_area: int = Field(5, ge=1, le=6, description="Rooms of this area form val, the other areas train.")
+    malformed_lines: Literal["repair", "skip", "error"] = Field(
+        "repair", description="repair: fix a stray non-numeric byte when that yields one valid line, else skip it; "
+        "skip: skip every malformed line; error: stop. Repaired/skipped lines are listed in the manifest.")
+
+
+class DownloadSource(_Strict):
+    """One file to fetch into raw_root: verified against its sha256, optionally extracted."""
+
+    url: str = Field(..., description="http(s) URL; interrupted downloads resume with an HTTP Range request.")
+    sha256: str = Field(..., description="Expected sha256 of the downloaded file (64 hex digits).")
+    extract: bool = Field(True, description="Extract the archive (tar, tar.gz/bz2/xz, zip) instead of copying it.")
+    filename: str | None = Field(None, description="Name in the download cache; default: the URL's last path part.")
+    dest: str = Field("", description="Sub-folder of raw_root to extract/copy into ('' = raw_root itself).")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, got {v!r}")
+        return v
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        v = v.strip().lower()
+        if len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+            raise ValueError("must be 64 hexadecimal digits (the output of `sha256sum FILE`)")
+        return v
+
+    @field_validator("filename")
+    @classmethod
+    def _plain_name(cls, v: str | None) -> str | None:
+        if v is not None and (not v or "/" in v or "\\" in v or v in (".", "..")):
+            raise ValueError(f"must be a plain file name, got {v!r}")
+        return v
+
+    @field_validator("dest")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        parts = v.replace("\\", "/").split("/")
+        if v.startswith(("/", "\\")) or ".." in parts:
+            raise ValueError(f"must be a relative path inside raw_root, got {v!r}")
+        return v
+
+    @property
+    def name(self) -> str:
+        from urllib.parse import unquote, urlsplit
+
+        return self.filename or unquote(urlsplit(self.url).path.rstrip("/").rsplit("/", 1)[-1]) or "download"
+
+
+class DownloadConfig(_Strict):
+    """Where raw_root comes from. Empty (the default): the user provides it, or `generate` makes it."""
+
+    urls: list[DownloadSource] = Field([], description="Files to download, verify and extract into raw_root.")
+    script: str | None = Field(
+        None, description="A download script you obtained yourself (ScanNet's terms require each user to request "
+        "it; pretrain3d never ships one). Run as `python <script> <script_args>` before the urls.")
+    script_args: list[str] = Field(
+        ["-o", "{out}"], description="Arguments of the script; {out} becomes the folder it must download into "
+        "(e.g. ['-o', '{out}', '--type', '_vh_clean_2.ply']).")
+    script_stdin: str | None = Field(
+        None, description="Text fed to the script's standard input (e.g. a newline for each terms prompt you have "
+        "read and accepted); null: no input.")
+    cache_dir: str = Field("data/downloads", description="Downloads and partial (.part) files, kept across failures "
+                           "so a rerun resumes; safe to delete once raw_root is complete.")
+    retries: int = Field(3, ge=0, description="Reconnects per file after a dropped connection (each resumes).")
+    timeout: float = Field(60.0, gt=0, description="Socket timeout in seconds.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.urls) or self.script is not None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "DownloadConfig":
+        names = [u.name for u in self.urls]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"urls: two downloads share the file name(s) {dup}; set `filename` for one of them")
+        return self
+
+
 class DataConfig(_Strict):
-    dataset: Literal["synthetic", "scannet_like"] = Field(
+    dataset: Literal["synthetic", "scannet_like", "scannet", "scannet_npy", "s3dis"] = Field(
         "synthetic",
         description="synthetic: generate procedural rooms into raw_root first; "
-        "scannet_like: raw_root already holds scans/<scene>/ in the ScanNet-like layout.",
+        "scannet_like: raw_root already holds scans/<scene>/ in the ScanNet-like layout; "
+        "scannet: raw_root is the official ScanNet v2 release (scans/, .sens, ...); "
+        "scannet_npy: raw_root is a ScanNet folder preprocessed by Pointcept (train/ val/ test/ of npy files); "
+        "s3dis: raw_root is Stanford3dDataset_v1.2_Aligned_Version.",
     )
     raw_root: str = "data/raw/synthetic"
     processed_root: str = "data/processed/synthetic"
@@ -69,6 +180,25 @@ class DataConfig(_Strict):
     workers: int = Field(2, ge=1, description="Processes for generation and preprocessing.")
     synthetic: SyntheticConfig = SyntheticConfig()
     sevenscenes: SevenScenesConfig = SevenScenesConfig()
+    scannet: ScanNetConfig = ScanNetConfig()
+    s3dis: S3DISConfig = S3DISConfig()
+    download: DownloadConfig = Field(DownloadConfig(), description="How raw_root is obtained when it is not "
+                                     "generated: URLs with checksums and/or a user-supplied script.")
+
+    @model_validator(mode="after")
+    def _download_needs_real_data(self) -> "DataConfig":
+        # Both `generate` and `download` would produce raw_root: refuse instead of picking one.
+        if self.dataset == "synthetic" and self.download.enabled:
+            raise ValueError("data.download is set but data.dataset is 'synthetic' (generated, nothing to download)")
+        return self
+
+    @model_validator(mode="after")
+    def _classes_fit_dataset(self) -> "DataConfig":
+        allowed = {"s3dis": (13,), "scannet": (20, 200), "scannet_npy": (20, 200)}.get(self.dataset)
+        if allowed and self.num_classes not in allowed:
+            raise ValueError(f"num_classes {self.num_classes} does not fit dataset {self.dataset!r} "
+                             f"(use {' or '.join(map(str, allowed))})")
+        return self
 
 
 # ----------------------------------------------------------------------------- model
@@ -225,6 +355,8 @@ class PonderV2Config(_Strict):
                                 "(the paper reads ScanNet's 2D label images instead).")
     render_scale: float = Field(0.5, gt=0, le=1, description="Resolution factor of the rendered-vs-real check image.")
     render_chunk: int = Field(1024, ge=1, description="Rays per chunk when rendering a whole view.")
+    real_check_steps: int = Field(60, ge=1, description="Steps of the real-data check (PonderV2 on the 7-Scenes "
+                                  "fixture, one frame held out and rendered for the report).")
 
 
 class PretrainConfig(OptimConfig):
@@ -233,8 +365,31 @@ class PretrainConfig(OptimConfig):
     ponderv2: PonderV2Config = PonderV2Config()
 
 
+class TTAConfig(_Strict):
+    """Test-time augmentation voting (Pointcept's SemSegTester): views = rotations_z × scales × flips."""
+
+    enabled: bool = Field(False, description="Off for the embedded CPU run: it costs views × fragments forward "
+                          "passes per scene instead of one.")
+    rotations_z: list[float] = Field([0.0, 0.5, 1.0, 1.5], min_length=1,
+                                     description="Rotations about z, in units of pi.")
+    scales: list[float] = Field([1.0, 0.95, 1.05], min_length=1, description="Uniform scales (> 0).")
+    flips: list[Literal["none", "x", "y", "xy"]] = Field(
+        ["none"], min_length=1, description="Mirrors: 'x' negates x, 'xy' both (= a rotation by pi, which is "
+        "what Pointcept's 13th view, RandomFlip(p=1), amounts to).")
+    fragments: bool = Field(True, description="Pointcept's GridSample test mode: feed every point of each voxel "
+                            "(max-count fragments per view); false: one point per voxel per view, mapped back.")
+
+    @field_validator("scales")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(not s > 0 for s in v):
+            raise ValueError(f"scales must be positive, got {v}")
+        return v
+
+
 class EvalConfig(_Strict):
     render_scene: str | None = Field(None, description="Val scene rendered to PNG; default the first.")
+    tta: TTAConfig = TTAConfig()
 
 
 class TrackingConfig(_Strict):

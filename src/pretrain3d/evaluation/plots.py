@@ -16,6 +16,7 @@ from pretrain3d.atomic import atomic_path
 __all__ = ["plot_confusion", "render_segmentation", "default_palette", "MAX_RENDER_POINTS"]
 
 MAX_RENDER_POINTS = 60_000
+MAX_CONFUSION_INCHES = 32.0
 IGNORE_GREY = np.array([0.75, 0.75, 0.75])
 
 
@@ -84,14 +85,15 @@ def plot_confusion(
         norm = Normalize(vmin=0.0, vmax=1.0 if normalize == "true" else max(float(data.max()), 1.0))
         shown = data
 
-    side = max(5.0, 0.42 * k + 2.5)
+    # ~0.42 in per class, capped: 200 classes (ScanNet200) would otherwise make a 10k-pixel image (3 GB to draw)
+    side = min(max(5.0, 0.42 * k + 2.5), MAX_CONFUSION_INCHES)
     fig = _new_figure((side + 1.2, side))
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(shown, cmap="Blues", norm=norm, interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
     ax.set_xticks(np.arange(k))
     ax.set_yticks(np.arange(k))
-    fontsize = 9 if k <= 20 else 7
+    fontsize = 9 if k <= 20 else min(7.0, max(2.0, 0.5 * side * 72 / k))  # points: fit one label per row
     ax.set_xticklabels(names, rotation=60, ha="right", rotation_mode="anchor", fontsize=fontsize)
     ax.set_yticklabels(names, fontsize=fontsize)
     ax.set_xlabel("prediction")
@@ -129,12 +131,17 @@ def _colours(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 
 def default_palette(num_classes: int) -> np.ndarray:
-    """(K, 3) uint8 colours from matplotlib's tab20 (cycled), for when no palette is given."""
+    """(K, 3) uint8 colours, pairwise different, for when no palette is given: matplotlib's tab20 up to
+    20 classes, ``data.labels.distinct_palette`` beyond (tab20 would repeat colours)."""
     from matplotlib import colormaps
 
-    cmap = colormaps["tab20"]
+    from pretrain3d.data.labels import distinct_palette
+
     k = max(int(num_classes), 1)
-    return (np.array([cmap(i % 20)[:3] for i in range(k)]) * 255).round().astype(np.uint8)
+    if k > 20:
+        return distinct_palette(k)
+    cmap = colormaps["tab20"]
+    return (np.array([cmap(i)[:3] for i in range(k)]) * 255).round().astype(np.uint8)
 
 
 def render_segmentation(
@@ -200,8 +207,47 @@ def render_segmentation(
     uniq = [Line2D([], [], marker="o", linestyle="", markersize=7, markerfacecolor=colour,
                    markeredgecolor="none", label=label) for colour, label in entries]
     if uniq:
-        fig.legend(handles=uniq, loc="lower center", ncol=min(len(uniq), 7), fontsize=8,
-                   frameon=False)
+        # Hung below the views (the tight bounding box grows to hold it), so that a long legend
+        # (dozens of ScanNet200 classes) never covers the points.
+        many = len(uniq) > 28
+        fig.legend(handles=uniq, loc="upper center", bbox_to_anchor=(0.5, 0.1), ncol=min(len(uniq), 10 if many
+                   else 7), fontsize=7 if many else 8, frameon=False)
     if title:
         fig.suptitle(title, y=0.99)
+    return _save_png(fig, path, dpi)
+
+
+def plot_render_comparison(result: dict, path: str | Path, title: str | None = None, dpi: int = 110) -> Path:
+    """Real frame beside the rendering: colour on top, z-depth below (same colour scale), plus the
+    absolute depth error. ``result`` is ``methods.ponderv2.render_view``'s output."""
+    real_z, z = result["depth_real"], result["depth"]
+    valid = real_z > 0
+    vmax = float(np.percentile(real_z[valid], 99)) if valid.any() else 1.0
+    err = np.where(valid, np.abs(z - real_z), np.nan)
+    fig = _new_figure((11.0, 5.6))
+    panels = [(result["rgb_real"], "real colour", None), (np.clip(result["rgb"], 0, 1), "rendered colour", None),
+              (None, "", None),
+              (np.where(valid, real_z, np.nan), "real depth (m)", ("viridis", 0.0, vmax)),
+              (z, "rendered depth (m)", ("viridis", 0.0, vmax)),
+              (err, f"|depth error| (median {result['depth_abs_err_median']:.3f} m)", ("magma", 0.0, 0.25 * vmax))]
+    for i, (img, name, cmap) in enumerate(panels):
+        if img is None:
+            continue
+        ax = fig.add_subplot(2, 3, i + 1)
+        if cmap is None:
+            ax.imshow(img, interpolation="nearest")
+        else:
+            im = ax.imshow(img, cmap=cmap[0], vmin=cmap[1], vmax=cmap[2], interpolation="nearest")
+            fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02)
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save_png(fig, path, dpi)
+
+
+def plot_message(path: str | Path, message: str, dpi: int = 100) -> Path:
+    """A PNG that only says ``message`` (e.g. why a figure was skipped), so reports never show a hole."""
+    fig = _new_figure((7.0, 1.6))
+    fig.text(0.5, 0.5, message, ha="center", va="center", fontsize=10, wrap=True)
     return _save_png(fig, path, dpi)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pretrain3d.atomic import write_json, write_text
 from pretrain3d.config import Params, config_hash
+from pretrain3d.errors import DataError
 from pretrain3d.stages.common import job_params, job_tags
 from pretrain3d.tracking.mlflow_runs import job_run
 
@@ -110,13 +111,118 @@ def markdown(summary: dict, cfg: Params, out_dir: Path, run_dirs: list[Path]) ->
     return "\n".join(lines) + "\n"
 
 
-def report(cfg: Params, metrics_files: list[str], out_dir: str | Path) -> dict:
+# Our (dataset, num_classes) → the paper dataset our numbers may be set beside. scannet_npy is ScanNet v2 in
+# Pointcept's layout; scannet_like is only a folder layout (the generator writes it too), so it never matches.
+_REFERENCE_DATASETS = {("scannet", 20): "scannet", ("scannet", 200): "scannet200", ("scannet_npy", 20): "scannet",
+                       ("scannet_npy", 200): "scannet200", ("s3dis", 13): "s3dis"}
+
+
+def load_reference_table(path: str | Path) -> list[dict]:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())["references"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(path, f"cannot read the paper reference table ({err})",
+                        "it is written by `pretrain3d log-references`") from None
+
+
+def paper_references_section(refs: list[dict], summary: dict, cfg: Params) -> str:
+    """The 'Paper references' section: every reference, and ours beside them when the dataset matches."""
+    match = _REFERENCE_DATASETS.get((cfg.data.dataset, cfg.data.num_classes))
+    lines = ["## Paper references", "",
+             "Published headline numbers (`src/pretrain3d/tracking/paper_references.yaml`), also logged to MLflow as "
+             "`run_type=reference` runs under the same metric keys as our evaluations (`val/mIoU` etc., as "
+             "fractions); here in % as printed. Source says where each number was read: paper (the PDF), readme "
+             "(official README / model zoo), code, issue, or secondary (a summary or our notes: verify before "
+             "comparing)."]
+    if match is None:
+        lines.append("")
+        lines.append(f"**Not comparable with the results above**: this report's dataset is `{cfg.data.dataset}` "
+                     f"({cfg.data.num_classes} classes, small backbone, short schedule), while the papers train "
+                     "full-size backbones on ScanNet, S3DIS or nuScenes at scale. Listed for orientation only.")
+    lines += ["", "| method | backbone | dataset | split / protocol | metric | value | source | GT labels before "
+              "fine-tuning |", "|---|---|---|---|---|---|---|---|"]
+    for r in refs:
+        split = f"{r['split']} ({r['split_detail']})" if r.get("split_detail") else r["split"]
+        source = f"{r['provenance']}: {r['location']}" + ("" if r.get("verified") else " — *verify*")
+        if r.get("url"):
+            source = f"[{source}]({r['url']})"
+        protocol = PROTOCOL_NAMES.get(r["protocol"], r["protocol"])
+        lines.append(f"| {r['method']} | {r['backbone']} | {r['dataset']} | {split} / {protocol} | {r['metric']} | "
+                     f"{r['printed']} | {source} | {'yes' if r.get('uses_gt_labels') else 'no'} |")
+    if match is not None:
+        lines += ["", f"### Ours beside the papers ({match}, val split)", "",
+                  "Same method, protocol and metric; backbones, schedules and pre-training data still differ "
+                  "(see the table above).", "",
+                  "| method | backbone (paper) | protocol | metric | paper | ours (mean ± std, seeds) | source |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in refs:
+            if r["dataset"] != match or r["split"] != "val" or r["metric"] not in KEYS:
+                continue
+            ours = summary["groups"].get(f"{r['method']}/{r['protocol']}")
+            k = r["metric"]
+            cell = ("—" if ours is None
+                    else f"{_pct(ours[k + '_mean'])} ± {_pct(ours[k + '_std'])} ({ours['n_seeds']})")
+            lines.append(f"| {r['method']} | {r['backbone']} | {PROTOCOL_NAMES.get(r['protocol'], r['protocol'])} | "
+                         f"{r['metric']} | {r['printed']} | {cell} | {r['provenance']} |")
+    return "\n".join(lines) + "\n"
+
+
+def ponderv2_renders(cfg: Params, backbones: list[str], real_check: list[str], out_dir: Path) -> tuple[str, list]:
+    """Re-render a held-out val view from each PonderV2 backbone (``renders/<method>-seed<s>.png``) and
+    show them with the real-data check. Returns the report section and the PNGs written."""
+    import torch
+
+    from pretrain3d.methods.ppkt import load_pretrain_scenes
+    from pretrain3d.stages.render import load_ponder_model, render_scene_view
+
+    (out_dir / "renders").mkdir(parents=True, exist_ok=True)  # a declared output, even when empty
+    if not backbones and not real_check:
+        return "", []
+    lines = ["## PonderV2: rendered vs real", "",
+             "The pre-training renderer (volume + SDF field + NeuS) applied to a view it never trained on: "
+             "real colour and z-depth beside the rendering, and the absolute depth error.", ""]
+    pngs = []
+    scene = load_pretrain_scenes(cfg.data.processed_root, "val", cfg.data.num_classes)[0] if backbones else None
+    for b in backbones:
+        b = Path(b)
+        method, seed = b.parent.parent.name, b.parent.name
+        model = load_ponder_model(cfg, b, torch.device("cpu"))
+        png = out_dir / "renders" / f"{method}-{seed}.png"
+        info = render_scene_view(cfg, model, scene, 0, png, png.with_suffix(".json"), "cpu",
+                                 title=f"{method} {seed}: held-out val scene {scene.scene_id}")
+        pngs.append(png)
+        lines += [f"**{method} ({seed})**, val scene `{info['scene']}` frame {info['frame']}: median |depth error| "
+                  f"{info['depth_abs_err_median']:.3f} m (median depth {info['depth_real_median']:.2f} m).", "",
+                  f"![{method} render]({os.path.relpath(png, out_dir)})", ""]
+    for j in [p for p in real_check if str(p).endswith(".json")]:
+        info = json.loads(Path(j).read_text())
+        png = Path(j).with_suffix(".png")
+        if info.get("status") == "ok":
+            lines += [f"**Real RGB-D** ({info['root']}, {info['frames']} frames fused, {info['points']} points): "
+                      f"{info['steps']} label-free steps, loss {info['loss_first']:.3f} → {info['loss_last']:.3f}; "
+                      f"held-out frame {info['held_out_frame']}: median |depth error| "
+                      f"{info['render']['depth_abs_err_median']:.3f} m.", ""]
+        else:
+            lines += [f"**Real RGB-D**: skipped — {info.get('reason', 'no reason recorded')}.", ""]
+        lines += [f"![real-data render]({os.path.relpath(png, out_dir)})", ""]
+    return "\n".join(lines) + "\n", pngs
+
+
+def report(cfg: Params, metrics_files: list[str], out_dir: str | Path, references: str | Path | None = None,
+           renders: list[str] | None = None, real_check: list[str] | None = None) -> dict:
     out_dir = Path(out_dir)
     summary = summarize(metrics_files)
     summary["config_hash"] = config_hash(cfg)
     run_dirs = [Path(f).parent for f in metrics_files]
+    text = markdown(summary, cfg, out_dir, run_dirs)
+    render_text, pngs = ponderv2_renders(cfg, list(renders or []), list(real_check or []), out_dir)
+    if render_text:
+        text += "\n" + render_text
+    if references is not None:
+        text += "\n" + paper_references_section(load_reference_table(references), summary, cfg)
     write_json(out_dir / "summary.json", summary)
-    write_text(out_dir / "report.md", markdown(summary, cfg, out_dir, run_dirs))
+    write_text(out_dir / "report.md", text)
     with job_run(cfg.tracking, "report", job_tags(cfg, "report"), job_params(cfg)) as run:
         for name, e in summary["groups"].items():
             run.log_metrics({f"summary/{name}/{k}": v for k, v in e.items() if isinstance(v, float)})
@@ -125,6 +231,8 @@ def report(cfg: Params, metrics_files: list[str], out_dir: str | Path) -> dict:
                              for k, v in c.items() if isinstance(v, float)})
         run.log_artifact(out_dir / "summary.json")
         run.log_artifact(out_dir / "report.md")
+        for png in pngs + [Path(p) for p in (real_check or []) if str(p).endswith(".png")]:
+            run.log_artifact(png, "renders")
     for name, e in summary["groups"].items():
         log.info("%s: mIoU %.2f ± %.2f over %d seeds", name, 100 * e["mIoU_mean"], 100 * e["mIoU_std"], e["n_seeds"])
     for c in summary["comparisons"]:
