@@ -18,6 +18,7 @@ rule evaluate:
     benchmark:
         "benchmarks/evaluate/{method}-{protocol}-seed{seed}.tsv"
     threads: PARAMS.train.threads
+    priority: 5
     conda:
         "../envs/cpu.yaml"
     shell:

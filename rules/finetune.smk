@@ -23,6 +23,7 @@ rule finetune:
     threads: PARAMS.train.threads
     resources:
         gpu=0,
+    priority: 10
     conda:
         "../envs/cpu.yaml"
     shell:

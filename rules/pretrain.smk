@@ -1,4 +1,6 @@
 # 2D feature cache and pre-training (scratch = a seeded random initialisation, saved the same way).
+# Priorities put the long pre-train -> fine-tune chains first; short jobs (probe, evaluate, the
+# real-data check) then fill the idle core at the end instead of a lone long job.
 
 
 rule cache_features:
@@ -14,6 +16,7 @@ rule cache_features:
     benchmark:
         "benchmarks/cache_features.tsv"
     threads: workflow.cores
+    priority: 20
     conda:
         "../envs/cpu.yaml"
     shell:
@@ -33,6 +36,7 @@ rule pretrain:
     benchmark:
         "benchmarks/pretrain/{method}-seed{seed}.tsv"
     threads: PARAMS.train.threads
+    priority: 20
     conda:
         "../envs/cpu.yaml"
     shell:
