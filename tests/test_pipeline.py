@@ -79,7 +79,7 @@ def test_mlflow_store_holds_parent_and_child_runs(finished):
         t = tags[r[0]]
         for key in ("git_commit", "git_dirty", "config_hash", "data_hash"):
             assert key in t, f"{r[1]} lacks tag {key}"
-    ev = [r for r in children if r[1].startswith("evaluate")][0]
+    ev = [r for r in children if r[1] == "evaluate-scratch-la-seed0"][0]
     t = tags[ev[0]]
     assert t["method"] == "scratch" and t["seed"] in ("0", "1") and t["uses_gt_labels"] == "false"
     assert t["protocol"] in ("la", "probe")
