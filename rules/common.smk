@@ -27,7 +27,7 @@ FEATURES_DIR = f"{_T.cache_root}/{_T.name}-{_T.layer}-{_T.input_height}x{_T.inpu
 
 
 wildcard_constraints:
-    method="|".join(METHODS),
+    method="|".join(METHODS + PARAMS.experiment.pretrain_only),
     protocol="|".join(PROTOCOLS),
     seed=r"\d+",
 
@@ -97,7 +97,11 @@ REAL_CHECK = ["results/ponderv2_real/render.png", "results/ponderv2_real/render.
 
 # The report re-renders a held-out view from the first seed's PonderV2 backbone(s) (renderer weights
 # are saved in backbone.pt) into results/renders/, a declared output of the report job.
-RENDER_BACKBONES = expand("results/pretrain/{method}/seed{seed}/backbone.pt", method=PONDER_METHODS, seed=SEEDS[:1])
+# Methods in experiment.pretrain_only are pre-trained once (first seed) only for this.
+RENDER_BACKBONES = expand("results/pretrain/{method}/seed{seed}/backbone.pt", seed=SEEDS[:1],
+                          method=PONDER_METHODS + [m for m in PARAMS.experiment.pretrain_only if m.startswith("ponderv2")])
+PRETRAIN_ONLY = expand("results/pretrain/{method}/seed{seed}/backbone.pt", method=PARAMS.experiment.pretrain_only,
+                       seed=SEEDS[:1])
 
 
 OWN_PARENT = []  # the parent run this invocation created (and so must end)

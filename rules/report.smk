@@ -6,6 +6,7 @@ rule report:
         metrics=metrics_files(),
         references="results/references.json",
         backbones=RENDER_BACKBONES,
+        pretrain_only=PRETRAIN_ONLY,
         real=REAL_CHECK,
     output:
         summary="results/summary.json",

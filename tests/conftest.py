@@ -22,7 +22,7 @@ def sevenscenes_root() -> Path | None:
 def tiny_overrides(tmp: Path) -> dict:
     """A config small enough for seconds-long CPU runs (used by several tests)."""
     return {
-        "experiment": {"name": "tiny", "seeds": [0], "methods": ["scratch"], "protocols": ["full"]},
+        "experiment": {"name": "tiny", "seeds": [0], "methods": ["scratch"], "pretrain_only": [], "protocols": ["full"]},
         "data": {
             "raw_root": str(tmp / "raw"), "processed_root": str(tmp / "processed"), "workers": 1,
             "synthetic": {"num_train": 2, "num_val": 1, "frames_per_scene": 2, "image_width": 64,

@@ -35,7 +35,8 @@ def _dvc_stages(cwd) -> dict[str, tuple[str, set[str]]]:
 
 
 def test_dvc_stages_build_exactly_the_snakemake_jobs(tmp_path):
-    wd = make_workdir(tmp_path, git=True)
+    # pretrain_only as in params.yaml, so its DVC stage (a matrix indexed by the first seed) is covered
+    wd = make_workdir(tmp_path, git=True, extra={"experiment": {"pretrain_only": ["ponderv2_semantic"]}})
     shutil.copytree(REPO / ".dvc", wd / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     stages = _dvc_stages(wd)
     targets = sorted({t for cmd, _ in stages.values() for t in cmd.split()[3:]})
