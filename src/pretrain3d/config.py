@@ -278,7 +278,8 @@ class ProtocolsConfig(_Strict):
     la_points: int = Field(
         200, ge=1, description="Limited annotations: labelled points kept per training scene (the ScanNet benchmark "
         "has 20/50/100/200). 200 by default: with 20 and the 10-epoch CPU schedule every scratch and PonderV2 run "
-        "predicted only the two dominant classes (mAcc 10.39 % in all six runs, measured), which measures nothing.")
+        "predicted only the two dominant classes (mAcc 10.35-10.41 % in all six runs, measured), which measures "
+        "nothing.")
     lr_fraction: float = Field(0.25, gt=0, le=1, description="Limited reconstructions: fraction of training scenes.")
     probe_epochs: int = Field(20, ge=1, description="Linear probe epochs (frozen backbone).")
     probe_lr: float = Field(0.01, gt=0)

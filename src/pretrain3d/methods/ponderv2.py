@@ -281,7 +281,8 @@ class PonderV2Model(nn.Module):
         """Render every sample's rays through its volume and combine the weighted loss terms."""
         c, w = self.cfg, self.cfg.loss_weights
         semantic = self.text_embeddings is not None
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("rgb", "mse", "depth", "sdf", "free", "eik", "sem", "label")}
+        keys = ("rgb", "mse", "depth", "sdf", "free", "eik", "sem", "label")
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         for b in range(vols.shape[0]):
             m = batch["ray_sample"] == b
             if not bool(m.any()):

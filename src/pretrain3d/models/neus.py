@@ -10,8 +10,9 @@ learned variance:
 
 where ``sdf_prev/next`` are the SDF extrapolated to the interval's ends with the gradient, and
 ``Phi`` the sigmoid. Weights ``w_i = alpha_i * prod_{j<i} (1 - alpha_j)`` composite colour,
-distance (along the ray, not z-depth; normalised by the accumulated weight) and semantic features. Written from the NeuS paper's
-equations; sample counts are PonderV2's (96 + 36, one up-sampling step) at full scale.
+distance (along the ray, not z-depth; normalised by the accumulated weight) and semantic
+features. Written from the NeuS paper's equations; sample counts are PonderV2's (96 + 36, one
+up-sampling step) at full scale.
 """
 
 from __future__ import annotations

@@ -84,7 +84,8 @@ def _ppkt_setup(cfg: Params, scenes: list) -> MethodSetup:
     return MethodSetup(
         dataset=PPKTDataset(scenes, cache, pc, cfg.train.grid_size), collate=ppkt_collate, model=model,
         loss_fn=ppkt_loss, uses_gt_labels=False,
-        tags={"teacher": str(meta.get("name", cfg.teacher.name)), "teacher_layer": str(meta.get("layer", cfg.teacher.layer)),
+        tags={"teacher": str(meta.get("name", cfg.teacher.name)),
+              "teacher_layer": str(meta.get("layer", cfg.teacher.layer)),
               "pairs_per_batch": pc.ppkt.num_pairs, "tau": pc.ppkt.tau, "point_source": pc.ppkt.points,
               "num_views": pc.ppkt.frames_per_sample},
         fingerprint={"teacher": meta}, checkpoint={"teacher": meta},
