@@ -87,6 +87,18 @@ def camera_rays(pix: np.ndarray, z: np.ndarray, K: np.ndarray, pose_c2w: np.ndar
     return np.broadcast_to(o, d.shape).copy(), d / n[:, None], z * n, n
 
 
+def unit_cube_voxels(sample: dict, grid_size: float, rng: np.random.Generator | None, padding: float):
+    """Voxelise an (augmented) sample for the backbone and map it into the unit cube.
+
+    Returns ``(v, coord_unit, M, lo, hi)``: the voxelised sample, its voxel positions in the unit cube, the
+    4x4 from the scene's original coordinates into the unit cube (every step composed), and the padded box."""
+    v = T.voxelize_for_model(sample, grid_size, rng)
+    # Jitter moves points off the affine map; the unit cube is fitted to the voxels actually seen.
+    U = unit_cube_transform(v["coord"])
+    coord_unit = v["coord"] @ U[:3, :3].T + U[:3, 3]
+    return v, coord_unit, U @ v["transform"], coord_unit.min(axis=0) - padding, coord_unit.max(axis=0) + padding
+
+
 def camera_consistent_augment(sample: dict, rng: np.random.Generator, aug) -> dict:
     """``pretrain.augment`` without elastic distortion: every coordinate change is affine (recorded in
     ``sample["transform"]``) except a small zero-mean jitter."""
@@ -193,14 +205,7 @@ class PonderDataset(Dataset):
             sample = T.select(sample, np.nonzero(keep)[0])
         s = camera_consistent_augment(sample, rng, self.cfg.augment)
         points_aug = s["coord"].copy() if self.debug else None
-        v = T.voxelize_for_model(s, self.grid_size, rng)
-        M_model = v["transform"]
-        # Jitter moved points off the affine map; the unit cube is fitted to the voxels actually seen.
-        U = unit_cube_transform(v["coord"])
-        coord_unit = v["coord"] @ U[:3, :3].T + U[:3, 3]
-        M = U @ M_model
-        pad = self.pc.box_padding
-        lo, hi = coord_unit.min(axis=0) - pad, coord_unit.max(axis=0) + pad
+        v, coord_unit, M, lo, hi = unit_cube_voxels(s, self.grid_size, rng, self.pc.box_padding)
 
         nf = len(scene.frames)
         chosen = np.sort(rng.choice(nf, size=min(self.pc.views, nf), replace=False))
@@ -225,7 +230,8 @@ class PonderDataset(Dataset):
             "transform": torch.tensor(M[None], dtype=torch.float64),
             "scene_id": scene.scene_id,
         }
-        if self.debug:
+        if self.debug:  # augmented points (before voxelisation) -> unit cube: M after undoing the augmentation
+            U = M @ np.linalg.inv(s["transform"])
             out["points_unit"] = points_aug @ U[:3, :3].T + U[:3, 3]
         return out
 
@@ -254,7 +260,7 @@ class PonderV2Model(nn.Module):
         self.backbone = backbone
         self.unet = DenseUNet3D(backbone.out_channels, cfg.volume_channels, cfg.unet_channels)
         semantic_dim = None if text_embeddings is None else int(text_embeddings.shape[1])
-        self.field = NeuralField(cfg.volume_channels, cfg.hidden, semantic_dim)
+        self.field = NeuralField(cfg.volume_channels, cfg.hidden, semantic_dim, variance_init=cfg.variance_init)
         if text_embeddings is not None:
             self.register_buffer("text_embeddings", F.normalize(text_embeddings.float(), dim=1))
         else:
@@ -352,12 +358,7 @@ def render_view(model: PonderV2Model, scene, frame_idx: int, grid_size: float, s
     sample = {"coord": np.asarray(scene.coord, np.float64).copy(), "color": np.asarray(scene.color, np.float64).copy(),
               "normal": np.asarray(scene.normal, np.float64).copy()}
     sample = T.center_shift(sample, apply_z=True)
-    v = T.voxelize_for_model(sample, grid_size, rng=None)
-    U = unit_cube_transform(v["coord"])
-    coord_unit = v["coord"] @ U[:3, :3].T + U[:3, 3]
-    M = U @ v["transform"]
-    pad = model.cfg.box_padding
-    lo, hi = coord_unit.min(axis=0) - pad, coord_unit.max(axis=0) + pad
+    v, coord_unit, M, lo, hi = unit_cube_voxels(sample, grid_size, None, model.cfg.box_padding)
     batch = {
         "grid_coord": torch.from_numpy(v["grid_coord"].astype(np.int64)),
         "feat": torch.from_numpy(v["feat"].astype(np.float32)),

@@ -29,7 +29,8 @@ class LearnedVariance(nn.Module):
 
 
 class NeuralField(nn.Module):
-    def __init__(self, volume_channels: int, hidden: int = 64, semantic_dim: int | None = None):
+    def __init__(self, volume_channels: int, hidden: int = 64, semantic_dim: int | None = None,
+                 variance_init: float = 0.3):
         super().__init__()
         if volume_channels % 2:
             raise ValueError(f"volume_channels must be even (half geometry, half appearance), got {volume_channels}")
@@ -41,7 +42,7 @@ class NeuralField(nn.Module):
         if semantic_dim:
             self.semantic_mlp = nn.Sequential(nn.Linear(g + a + 3, hidden), nn.ReLU(inplace=True),
                                               nn.Linear(hidden, semantic_dim))
-        self.variance = LearnedVariance()
+        self.variance = LearnedVariance(variance_init)
 
     def sdf(self, volume: torch.Tensor, points: torch.Tensor, box_lo: torch.Tensor, box_hi: torch.Tensor):
         """SDF and geometry feature at ``points`` (B, P, 3) -> (B, P), (B, P, g), (B, P, a) appearance."""
