@@ -1,7 +1,8 @@
 # pretrain3d: one dependency graph from raw data to the report.
 #   snakemake --cores all                      the embedded benchmark (params.yaml)
 #   snakemake --cores all --configfile configs/X.yaml    a real-scale overlay
-# The config is validated by the same pydantic model every CLI stage uses (rules/common.smk).
+# The config is validated by the same pydantic model every CLI stage uses (rules/common.smk); the
+# steps' inputs, outputs and params come from pretrain3d.workflow.steps, as does dvc.yaml.
 
 from snakemake.utils import min_version
 
@@ -27,6 +28,7 @@ onstart:
 
 onsuccess:
     end_pipeline_run("FINISHED")
+    record_in_dvc()
 
 
 onerror:

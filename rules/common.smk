@@ -1,113 +1,62 @@
-# Shared helpers: config validation, the resolved config file every job reads, MLflow parent run.
+# Shared helpers: config validation, the step declarations every rule wires, MLflow parent run.
+# Inputs, outputs and params of every rule come from pretrain3d.workflow.steps, which also generates
+# dvc.yaml: one graph, two front ends.
 import os
 
-from pretrain3d.atomic import write_text
 from pretrain3d.config import config_hash, dump_yaml, validate_config
+from pretrain3d.workflow import steps as W
+from pretrain3d.workflow.sync import write_resolved_config
 
 PARAMS = validate_config(config, source="Snakemake config (params.yaml + --configfile/--config)")
 config = PARAMS.model_dump(mode="json")
+W.check_runnable(PARAMS, source="Snakemake config (params.yaml + --configfile/--config)")
 
-# Every job loads this one file through the same pydantic model (so overlays and --config
-# overrides reach the stages). It is rewritten only when its content changes; rerun triggers come
-# from each rule's `params:` (the config sections the rule depends on), not from this file.
-RESOLVED_CONFIG = ".pretrain3d/config.resolved.yaml"
-_resolved = dump_yaml(PARAMS)
-if not os.path.exists(RESOLVED_CONFIG) or open(RESOLVED_CONFIG).read() != _resolved:
-    os.makedirs(os.path.dirname(RESOLVED_CONFIG), exist_ok=True)
-    write_text(RESOLVED_CONFIG, _resolved)
-
-RAW_ROOT = PARAMS.data.raw_root
-PROCESSED_ROOT = PARAMS.data.processed_root
-METHODS = PARAMS.experiment.methods
-PROTOCOLS = PARAMS.experiment.protocols
-SEEDS = PARAMS.experiment.seeds
-REPORT_FILES = ["results/summary.json", "results/report.md"]
-_T = PARAMS.teacher
-FEATURES_DIR = f"{_T.cache_root}/{_T.name}-{_T.layer}-{_T.input_height}x{_T.input_width}"
+# Every job reads the resolved config (so overlays and --config overrides reach the stages) from a
+# content-addressed file that onstart writes atomically: a dry run or --lint writes nothing, and a
+# second invocation with another config can never change the config of a running one. The path is a
+# global of the shell commands, not a param, so it is no rerun trigger; the params below are.
+RESOLVED_CONFIG = f".pretrain3d/config-{config_hash(PARAMS)}.yaml"
+RESULTS = W.results_dir(PARAMS)
+LOGS = f"logs/{PARAMS.experiment.name}"  # per experiment, like the results
+BENCH = f"benchmarks/{PARAMS.experiment.name}"
+REPORT_FILES = list(W.report_outputs(PARAMS).values())
 
 
 wildcard_constraints:
-    method="|".join(METHODS + PARAMS.experiment.pretrain_only),
-    protocol="|".join(PROTOCOLS),
+    method="|".join(W.pretrained_methods(PARAMS)),
+    protocol="|".join(PARAMS.experiment.protocols),
     seed=r"\d+",
 
 
-def section(*keys):
-    """A config section as a rule param, so changing it reruns exactly the rules that use it."""
-    node = config
-    for k in keys:
-        node = node[k]
-    return node
+def step_outputs(name):
+    """The step's outputs as Snakemake patterns ({method}, {seed}, ...), folders marked directory()."""
+    step = W.STEPS[name]
+    outs = step.outputs(PARAMS, {k: "{%s}" % k for k in step.wildcards})
+    return {k: directory(v) if k in step.directory_outputs else v for k, v in outs.items()}
 
 
-def metrics_files():
-    return expand(
-        "results/runs/{method}/{protocol}/seed{seed}/metrics.json",
-        method=METHODS,
-        protocol=PROTOCOLS,
-        seed=SEEDS,
-    )
+def step_inputs(name):
+    """Input function: the step's files plus the code it runs (editing that code reruns the job)."""
+    step = W.STEPS[name]
+
+    def inputs(wildcards):
+        w = dict(wildcards.items())
+        return {**step.inputs(PARAMS, w), "code": step.code(w)}
+
+    return inputs
 
 
-def pretrain_inputs(wildcards):
-    """scratch needs nothing but the seed; PPKT needs the 2D feature cache; PonderV2 the RGB-D frames."""
-    if wildcards.method == "scratch":
-        return []
-    if wildcards.method == "ppkt":
-        return [PROCESSED_ROOT, FEATURES_DIR]
-    return [PROCESSED_ROOT]
-
-
-def pretrain_params(wildcards):
-    """The config sections a pre-training job depends on (scratch: only the model)."""
-    if wildcards.method == "scratch":
-        return {"model": config["model"]}
-    out = {
-        "model": config["model"],
-        "pretrain": config["pretrain"],
-        "grid_size": config["train"]["grid_size"],
-    }
-    if wildcards.method == "ppkt":
-        out["teacher"] = config["teacher"]
-    return out
-
-
-def protocol_files(wildcards):
-    """The data-efficient benchmark file a fine-tuning job reads, when configured: data.scannet.la_file
-    (protocol la) or lr_file (lr). An input, so a newer file reruns exactly the jobs that read it."""
-    key = {"la": "la_file", "lr": "lr_file"}.get(wildcards.protocol)
-    path = config["data"]["scannet"][key] if key else None
-    return [path] if path else []
-
-
-def protocol_params(wildcards):
-    """The protocols section, plus data.scannet.<la|lr>_file for the la/lr jobs that read one. Jobs
-    without a benchmark file (every job of the default config) keep exactly their recorded params."""
-    files = protocol_files(wildcards)
-    if not files:
-        return config["protocols"]
-    return {**config["protocols"], f"data.scannet.{wildcards.protocol}_file": files[0]}
-
-
-PONDER_METHODS = [m for m in METHODS if m.startswith("ponderv2")]
-# PonderV2's visual checks in the report: held-out renders of every PonderV2 backbone, and the
-# real-data check (7-Scenes; a recorded skip where the fixture is absent). The check is always part
-# of the graph, so that DVC's static stage list and Snakemake's DAG agree for every config.
-REAL_CHECK = ["results/ponderv2_real/render.png", "results/ponderv2_real/render.json"]
-
-# The report re-renders a held-out view from the first seed's PonderV2 backbone(s) (renderer weights
-# are saved in backbone.pt) into results/renders/, a declared output of the report job.
-# Methods in experiment.pretrain_only are pre-trained once (first seed) only for this.
-RENDER_BACKBONES = expand("results/pretrain/{method}/seed{seed}/backbone.pt", seed=SEEDS[:1],
-                          method=PONDER_METHODS + [m for m in PARAMS.experiment.pretrain_only if m.startswith("ponderv2")])
-PRETRAIN_ONLY = expand("results/pretrain/{method}/seed{seed}/backbone.pt", method=PARAMS.experiment.pretrain_only,
-                       seed=SEEDS[:1])
+def step_params(name):
+    """The config fields the step reads, {dotted key: value}: Snakemake's params trigger."""
+    step = W.STEPS[name]
+    return lambda wildcards: step.field_values(PARAMS, dict(wildcards.items()))
 
 
 OWN_PARENT = []  # the parent run this invocation created (and so must end)
 
 
 def start_pipeline_run():
+    write_resolved_config(RESOLVED_CONFIG, dump_yaml(PARAMS))
     if not PARAMS.tracking.enabled:
         return
     from pretrain3d.stages.common import job_tags
@@ -131,3 +80,11 @@ def end_pipeline_run(status):
 
     for run_id in OWN_PARENT:
         mlflow_runs.end_parent(PARAMS.tracking, run_id, status)
+
+
+def record_in_dvc():
+    """After a successful run outside DVC: record every DVC stage whose outputs this run made up to date."""
+    from pretrain3d.workflow.sync import record_dvc_stages
+
+    done = {str(f) for job in workflow.dag.jobs for f in job.output}
+    record_dvc_stages(PARAMS, done)

@@ -1,59 +1,43 @@
 # Data: embedded dataset generation and preprocessing into the processed-scene contract.
+# A user-provided raw dataset (no generation, no download) is only an input: nothing here writes it.
 
 
-if PARAMS.data.dataset == "synthetic":
+if PARAMS.data.dataset == "synthetic" and not PARAMS.data.download.enabled:
 
     rule generate_synthetic:
         output:
-            directory(RAW_ROOT),
+            **step_outputs("generate_synthetic"),
+        input:
+            unpack(step_inputs("generate_synthetic")),
         params:
-            config=RESOLVED_CONFIG,
-            synthetic=section("data", "synthetic"),
+            fields=step_params("generate_synthetic"),
         log:
             "logs/generate_synthetic.log",
         benchmark:
             "benchmarks/generate_synthetic.tsv"
-        threads: workflow.cores
+        threads: PARAMS.data.workers
         conda:
             "../envs/cpu.yaml"
         shell:
-            "pretrain3d generate --config {params.config} > {log} 2>&1"
-
-
-# Real datasets: their ingestion options rerun preprocessing (the benchmark's la/lr files only
-# select training labels, so they do not). The synthetic default carries none, so its jobs keep
-# their recorded params.
-_DATA = config["data"]
-if _DATA["dataset"] in ("scannet", "scannet_npy"):
-    INGEST_PARAMS = {"scannet": {k: v for k, v in _DATA["scannet"].items() if k not in ("la_file", "lr_file")}}
-elif _DATA["dataset"] == "s3dis":
-    INGEST_PARAMS = {"s3dis": _DATA["s3dis"]}
-else:
-    INGEST_PARAMS = {}
-_TSV = _DATA["scannet"]["labels_tsv"]
-INGEST_INPUTS = [_TSV] if "scannet" in INGEST_PARAMS and _TSV else []
+            "pretrain3d generate --config {RESOLVED_CONFIG} > {log} 2>&1"
 
 
 rule preprocess:
     input:
-        RAW_ROOT,
-        *INGEST_INPUTS,
+        unpack(step_inputs("preprocess")),
     output:
-        directory(PROCESSED_ROOT),
+        **step_outputs("preprocess"),
     params:
-        config=RESOLVED_CONFIG,
-        dataset=section("data", "dataset"),
-        num_classes=section("data", "num_classes"),
-        **INGEST_PARAMS,
+        fields=step_params("preprocess"),
     log:
         "logs/preprocess.log",
     benchmark:
         "benchmarks/preprocess.tsv"
-    threads: workflow.cores
+    threads: PARAMS.data.workers
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d preprocess --config {params.config} > {log} 2>&1"
+        "pretrain3d preprocess --config {RESOLVED_CONFIG} > {log} 2>&1"
 
 
 rule preprocess_sevenscenes:
@@ -63,8 +47,7 @@ rule preprocess_sevenscenes:
     output:
         directory("data/processed/sevenscenes"),
     params:
-        config=RESOLVED_CONFIG,
-        sevenscenes=section("data", "sevenscenes"),
+        sevenscenes=config["data"]["sevenscenes"],
     log:
         "logs/preprocess_sevenscenes.log",
     benchmark:
@@ -72,5 +55,5 @@ rule preprocess_sevenscenes:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d preprocess sevenscenes --config {params.config} --raw-root {input}"
+        "pretrain3d preprocess sevenscenes --config {RESOLVED_CONFIG} --raw-root {input}"
         " --out-root {output}/redkitchen > {log} 2>&1"

@@ -1,15 +1,17 @@
 # Raw data download: only when data.download is configured (URLs with sha256, or the user's own
-# script); otherwise raw_root is generated (rules/data.smk) or provided by the user.
+# script); otherwise raw_root is generated (rules/data.smk) or provided by the user. How the bytes
+# are fetched (cache_dir, retries, timeout) is no rerun trigger: they are checked by sha256.
 
 
 if PARAMS.data.download.enabled:
 
     rule download:
         output:
-            directory(RAW_ROOT),
+            **step_outputs("download"),
+        input:
+            unpack(step_inputs("download")),
         params:
-            config=RESOLVED_CONFIG,
-            download=section("data", "download"),
+            fields=step_params("download"),
         log:
             "logs/download.log",
         benchmark:
@@ -19,4 +21,4 @@ if PARAMS.data.download.enabled:
         conda:
             "../envs/cpu.yaml"
         shell:
-            "pretrain3d download --config {params.config} > {log} 2>&1"
+            "pretrain3d download --config {RESOLVED_CONFIG} > {log} 2>&1"

@@ -3,25 +3,20 @@
 
 rule evaluate:
     input:
-        data=PROCESSED_ROOT,
-        model="results/runs/{method}/{protocol}/seed{seed}/model.pt",
+        unpack(step_inputs("evaluate")),
     output:
-        metrics="results/runs/{method}/{protocol}/seed{seed}/metrics.json",
-        confusion="results/runs/{method}/{protocol}/seed{seed}/confusion.png",
-        render="results/runs/{method}/{protocol}/seed{seed}/render.png",
+        **step_outputs("evaluate"),
     params:
-        config=RESOLVED_CONFIG,
-        grid_size=section("train", "grid_size"),
-        eval=section("eval"),
+        fields=step_params("evaluate"),
     log:
-        "logs/evaluate/{method}-{protocol}-seed{seed}.log",
+        LOGS + "/evaluate/{method}-{protocol}-seed{seed}.log",
     benchmark:
-        "benchmarks/evaluate/{method}-{protocol}-seed{seed}.tsv"
+        BENCH + "/evaluate/{method}-{protocol}-seed{seed}.tsv"
     threads: PARAMS.train.threads
     priority: 5
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d evaluate --config {params.config} --model {input.model} --method {wildcards.method}"
+        "pretrain3d evaluate --config {RESOLVED_CONFIG} --model {input.model} --method {wildcards.method}"
         " --protocol {wildcards.protocol} --seed {wildcards.seed}"
-        " --out-dir results/runs/{wildcards.method}/{wildcards.protocol}/seed{wildcards.seed} > {log} 2>&1"
+        " --out-dir {RESULTS}/runs/{wildcards.method}/{wildcards.protocol}/seed{wildcards.seed} > {log} 2>&1"

@@ -3,23 +3,15 @@
 
 rule finetune:
     input:
-        data=PROCESSED_ROOT,
-        backbone="results/pretrain/{method}/seed{seed}/backbone.pt",
-        benchmark_file=protocol_files,
+        unpack(step_inputs("finetune")),
     output:
-        model="results/runs/{method}/{protocol}/seed{seed}/model.pt",
-        train_log="results/runs/{method}/{protocol}/seed{seed}/train_log.json",
-        config="results/runs/{method}/{protocol}/seed{seed}/config.yaml",
+        **step_outputs("finetune"),
     params:
-        config=RESOLVED_CONFIG,
-        model=section("model"),
-        train=section("train"),
-        protocols=protocol_params,
-        num_classes=section("data", "num_classes"),
+        fields=step_params("finetune"),
     log:
-        "logs/finetune/{method}-{protocol}-seed{seed}.log",
+        LOGS + "/finetune/{method}-{protocol}-seed{seed}.log",
     benchmark:
-        "benchmarks/finetune/{method}-{protocol}-seed{seed}.tsv"
+        BENCH + "/finetune/{method}-{protocol}-seed{seed}.tsv"
     threads: PARAMS.train.threads
     resources:
         gpu=0,
@@ -27,7 +19,7 @@ rule finetune:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d finetune --config {params.config} --method {wildcards.method} --seed {wildcards.seed}"
+        "pretrain3d finetune --config {RESOLVED_CONFIG} --method {wildcards.method} --seed {wildcards.seed}"
         " --protocol {wildcards.protocol} --init-backbone {input.backbone}"
-        " --out-dir results/runs/{wildcards.method}/{wildcards.protocol}/seed{wildcards.seed}"
+        " --out-dir {RESULTS}/runs/{wildcards.method}/{wildcards.protocol}/seed{wildcards.seed}"
         " --no-progress > {log} 2>&1"

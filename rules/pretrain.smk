@@ -5,63 +5,67 @@
 
 rule cache_features:
     input:
-        PROCESSED_ROOT,
+        unpack(step_inputs("cache_features")),
     output:
-        directory(FEATURES_DIR),
+        **step_outputs("cache_features"),
     params:
-        config=RESOLVED_CONFIG,
-        teacher=section("teacher"),
+        fields=step_params("cache_features"),
     log:
         "logs/cache_features.log",
     benchmark:
         "benchmarks/cache_features.tsv"
-    threads: workflow.cores
+    threads: PARAMS.data.workers
     priority: 20
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d features --config {params.config} --no-progress > {log} 2>&1"
+        "pretrain3d features --config {RESOLVED_CONFIG} --no-progress > {log} 2>&1"
 
 
 rule pretrain:
     input:
-        pretrain_inputs,
+        unpack(step_inputs("pretrain")),
     output:
-        backbone="results/pretrain/{method}/seed{seed}/backbone.pt",
+        **step_outputs("pretrain"),
     params:
-        config=RESOLVED_CONFIG,
-        sections=pretrain_params,
+        fields=step_params("pretrain"),
     log:
-        "logs/pretrain/{method}-seed{seed}.log",
+        LOGS + "/pretrain/{method}-seed{seed}.log",
     benchmark:
-        "benchmarks/pretrain/{method}-seed{seed}.tsv"
+        BENCH + "/pretrain/{method}-seed{seed}.tsv"
     threads: PARAMS.train.threads
     priority: 20
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d pretrain --config {params.config} --method {wildcards.method} --seed {wildcards.seed}"
-        " --out-dir results/pretrain/{wildcards.method}/seed{wildcards.seed} --no-progress > {log} 2>&1"
+        "pretrain3d pretrain --config {RESOLVED_CONFIG} --method {wildcards.method} --seed {wildcards.seed}"
+        " --out-dir {RESULTS}/pretrain/{wildcards.method}/seed{wildcards.seed} --no-progress > {log} 2>&1"
+
+
+def _real_check_inputs(wildcards):
+    # The fixture is an input only where it exists: when it appears, Snakemake's input trigger reruns
+    # the check (it was a recorded skip before). DVC sees data.sevenscenes.root as a param only.
+    root = PARAMS.data.sevenscenes.root
+    return {"fixture": [root] if os.path.isdir(root) else []}
 
 
 rule ponderv2_real_check:
     # PonderV2 on real RGB-D (the 7-Scenes fixture): a short run and a held-out view for the report.
-    # A missing fixture is a recorded skip (render.json says why), so the DAG never depends on it.
+    # A missing fixture is a recorded skip (render.json says why).
+    input:
+        unpack(step_inputs("ponderv2_real_check")),
+        unpack(_real_check_inputs),
     output:
-        png="results/ponderv2_real/render.png",
-        json="results/ponderv2_real/render.json",
+        **step_outputs("ponderv2_real_check"),
     params:
-        config=RESOLVED_CONFIG,
-        sections=lambda wildcards: {"model": config["model"], "pretrain": config["pretrain"],
-                                    "sevenscenes": config["data"]["sevenscenes"],
-                                    "grid_size": config["train"]["grid_size"]},
+        fields=step_params("ponderv2_real_check"),
     log:
-        "logs/ponderv2_real_check.log",
+        LOGS + "/ponderv2_real_check.log",
     benchmark:
-        "benchmarks/ponderv2_real_check.tsv"
+        BENCH + "/ponderv2_real_check.tsv"
     threads: PARAMS.train.threads
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d ponderv2-real-check --config {params.config} --out-dir results/ponderv2_real --no-progress"
+        "pretrain3d ponderv2-real-check --config {RESOLVED_CONFIG} --out-dir {RESULTS}/ponderv2_real --no-progress"
         " > {log} 2>&1"

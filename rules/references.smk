@@ -1,15 +1,14 @@
-# Paper reference numbers: MLflow reference runs (run_type=reference, same metric keys as our
+# Paper references: MLflow reference runs (run_type=reference, same metric keys as our
 # evaluations) and results/references.json for the report. Re-running replaces nothing unchanged.
 
 
 rule log_references:
     input:
-        "src/pretrain3d/tracking/paper_references.yaml",
+        unpack(step_inputs("log_references")),
     output:
-        "results/references.json",
+        **step_outputs("log_references"),
     params:
-        config=RESOLVED_CONFIG,
-        tracking=section("tracking"),
+        fields=step_params("log_references"),
     log:
         "logs/log_references.log",
     benchmark:
@@ -17,4 +16,5 @@ rule log_references:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d log-references --config {params.config} --references {input} --out {output} > {log} 2>&1"
+        "pretrain3d log-references --config {RESOLVED_CONFIG} --references src/pretrain3d/tracking/paper_references.yaml"
+        " --out {output.references} > {log} 2>&1"

@@ -1,26 +1,19 @@
-# Report: results/summary.json and results/report.md (mean ± std per method).
+# Report: results/<experiment>/summary.json and report.md (mean ± std per method).
 
 
 rule report:
     input:
-        metrics=metrics_files(),
-        references="results/references.json",
-        backbones=RENDER_BACKBONES,
-        pretrain_only=PRETRAIN_ONLY,
-        real=REAL_CHECK,
+        unpack(step_inputs("report")),
     output:
-        summary="results/summary.json",
-        report="results/report.md",
-        renders=directory("results/renders"),
+        **step_outputs("report"),
     params:
-        config=RESOLVED_CONFIG,
-        experiment=section("experiment"),
+        fields=step_params("report"),
     log:
-        "logs/report.log",
+        LOGS + "/report.log",
     benchmark:
-        "benchmarks/report.tsv"
+        BENCH + "/report.tsv"
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d report --config {params.config} --metrics {input.metrics} --references {input.references}"
-        " --renders {input.backbones} --real-check {input.real} --out-dir results > {log} 2>&1"
+        "pretrain3d report --config {RESOLVED_CONFIG} --metrics {input.metrics} --references {input.references}"
+        " --renders {input.backbones} --real-check {input.real} --out-dir {RESULTS} > {log} 2>&1"

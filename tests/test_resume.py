@@ -76,6 +76,23 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_cfg_file, tmp_path):
     assert la["final_val"] == lb["final_val"]
 
 
+def test_rerun_of_a_finished_run_trains_again(tiny_cfg_file, tmp_path):
+    """A finished run leaves no resume state: a forced rerun (after a code fix, `snakemake -R`, `dvc repro`)
+    trains every step again instead of resuming at the end and re-saving the old weights."""
+    out = tmp_path / "run"
+    subprocess.run(_finetune_cmd(tiny_cfg_file, out), check=True, capture_output=True)
+    first = json.loads((out / "train_log.json").read_text())
+    assert first["steps"] > 0
+    assert not (out / "checkpoint").exists()
+    # simulate "the code changed": the old result is still there, the rerun must recompute it
+    (out / "model.pt").write_bytes(b"stale")
+    subprocess.run(_finetune_cmd(tiny_cfg_file, out), check=True, capture_output=True)
+    second = json.loads((out / "train_log.json").read_text())
+    # the bug: it resumed at the final step, trained 0 steps and saved the checkpoint's weights again
+    assert second["steps_this_process"] == first["steps"] == first["steps_this_process"]
+    assert load_checkpoint(out / "model.pt")["kind"] == "segmentor"
+
+
 def test_checkpoint_loading_is_strict(tiny_cfg_file, tmp_path):
     out = tmp_path / "run"
     subprocess.run(_finetune_cmd(tiny_cfg_file, out), check=True, capture_output=True)

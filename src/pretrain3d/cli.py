@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="write the JSON schema of params.yaml")
     p.add_argument("--out", default=None, help="file to write (default: stdout)")
 
+    p = sub.add_parser("dvc-yaml", help="write dvc.yaml from the pipeline's step declarations (one graph)")
+    p.add_argument("--params", default="params.yaml", help="the params file DVC reads (default params.yaml)")
+    p.add_argument("--out", default="dvc.yaml")
+    p.add_argument("--check", action="store_true", help="only check that --out is current (exit 1 if not)")
+
     p = sub.add_parser("generate", help="generate the embedded procedural-room dataset (raw layout)")
     _add_config(p)
 
@@ -144,6 +149,22 @@ def _dispatch(args, load) -> int:
             write_schema(args.out)
         else:
             print(json.dumps(json_schema(), indent=2, sort_keys=True))
+        return 0
+    if args.cmd == "dvc-yaml":
+        from pretrain3d.atomic import write_text
+        from pretrain3d.config import load_config
+        from pretrain3d.workflow.dvc_yaml import generate
+
+        text = generate(load_config(args.params), args.params)
+        out = Path(args.out)
+        if args.check:
+            if out.is_file() and out.read_text() == text:
+                return 0
+            print(f"{out} is not what `pretrain3d dvc-yaml` makes of {args.params}: run `pretrain3d dvc-yaml`",
+                  file=sys.stderr)
+            return 1
+        write_text(out, text)
+        print(f"wrote {out}", file=sys.stderr)
         return 0
     if args.cmd == "eval-benchmark":  # needs no config
         from pretrain3d.stages.evaluate import eval_benchmark

@@ -4,7 +4,8 @@ What makes resume exact: the data order and every sample's augmentation are func
 (seed, epoch, position) (see data.dataset.EpochSampler), and the checkpoint holds the model,
 optimiser, scheduler, AMP scaler, torch RNG state and the position in the epoch. A run killed at
 any point and restarted continues from its last checkpoint and ends with the same weights as an
-uninterrupted run (tested with SIGKILL in tests/test_resume.py).
+uninterrupted run (tested with SIGKILL in tests/test_resume.py). The stage deletes the checkpoint
+once its outputs are complete (Trainer.discard_checkpoint), so rerunning a finished run trains again.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Trainer:
         self.use_amp = self.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.state = TrainState()
+        self.steps_this_process = 0  # optimiser steps run here (not resumed): what a rerun actually trained
 
     # ------------------------------------------------------------------ checkpoints
     def _state_dict(self) -> dict:
@@ -128,6 +130,15 @@ class Trainer:
 
     def save(self) -> None:
         save_checkpoint(self.checkpoint_path, self._state_dict())
+
+    def discard_checkpoint(self) -> None:
+        """Call once the run's outputs are written: the resume state has served its purpose. Left in
+        place, a forced rerun (a code fix, `snakemake -R`, `dvc repro`) would resume at the last step,
+        train nothing and save the old weights again as the new result."""
+        self.checkpoint_path.unlink(missing_ok=True)
+        self.checkpoint_path.with_suffix(".stale.pt").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.checkpoint_path.parent.rmdir()  # only when empty
 
     def try_resume(self) -> bool:
         """Resume from the checkpoint if there is one for this exact run (same fingerprint)."""
@@ -197,6 +208,7 @@ class Trainer:
                         sums[k] = sums.get(k, 0.0) + v
                     self.state.step_in_epoch += 1
                     self.state.global_step += 1
+                    self.steps_this_process += 1
                     bar.update(1)
                     bar.set_postfix(epoch=epoch, loss=f"{logs['loss']:.3f}")
                     if self.crash_after_steps is not None and self.state.global_step >= self.crash_after_steps:

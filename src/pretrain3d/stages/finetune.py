@@ -155,6 +155,7 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
                     labelled_points=int(sum(int((s.segment >= 0).sum()) for s in train_scenes)))
     fingerprint = run_fingerprint(cfg, method, seed, init_backbone, protocol)
     t0 = time.perf_counter()
+    trainer = None  # the probe has no resumable state
     with job_run(cfg.tracking, f"finetune-{method}-{protocol}-seed{seed}", tags, job_params(cfg)) as run:
         if protocol == "probe":
             # Frozen features are computed once (seconds); see methods/linear_probe.py.
@@ -176,6 +177,7 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
                 crash_after_steps=crash_after_steps)
             history = trainer.fit()
             steps = trainer.state.global_step
+        steps_here = trainer.steps_this_process if trainer is not None else steps
         seconds = time.perf_counter() - t0
 
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -186,13 +188,16 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
             "uses_gt_labels": uses_gt_labels == "true", "config_hash": config_hash(cfg)})
         write_text(out_dir / "config.yaml", dump_yaml(cfg))
         summary = {"method": method, "protocol": protocol, "seed": seed, "epochs": tc.epochs, "steps": steps,
-                   "train_seconds_this_process": seconds, "fingerprint": fingerprint, "history": history,
+                   "steps_this_process": steps_here, "train_seconds_this_process": seconds,
+                   "fingerprint": fingerprint, "history": history,
                    "final_val": {k[4:]: v for k, v in history[-1].items() if k.startswith("val/")}}
         write_json(out_dir / "train_log.json", summary)
         run.log_artifact(out_dir / "config.yaml")
         run.log_artifact(out_dir / "train_log.json")
         if cfg.tracking.log_checkpoint:
             run.log_artifact(out_dir / "model.pt", "checkpoint")
+        if trainer is not None:
+            trainer.discard_checkpoint()  # outputs complete: a rerun must train, not resume
     log.info("fine-tuned %s (%s) seed %d: %d steps in %.1f s; final val %s", method, protocol, seed,
              steps, seconds, json.dumps(summary["final_val"]))
     return summary

@@ -184,7 +184,8 @@ def pretrain(cfg: Params, method: str, seed: int, out_dir: str | Path, progress:
             ckpt["renderer"] = renderer_state(model)
         steps = trainer.state.global_step
         summary = {
-            "method": method, "seed": seed, "epochs": pc.epochs, "steps": steps, "scenes": len(ds),
+            "method": method, "seed": seed, "epochs": pc.epochs, "steps": steps,
+            "steps_this_process": trainer.steps_this_process, "scenes": len(ds),
             "uses_gt_labels": setup.uses_gt_labels, "train_seconds_this_process": seconds,
             "fingerprint": fingerprint, **setup.summary, "history": history,
             "final": {k[len("train/"):]: v for k, v in (history[-1] if history else {}).items()
@@ -201,6 +202,7 @@ def pretrain(cfg: Params, method: str, seed: int, out_dir: str | Path, progress:
         run.log_artifact(out_dir / "pretrain_log.json")
         if cfg.tracking.log_checkpoint:
             run.log_artifact(out_dir / "backbone.pt", "checkpoint")
+        trainer.discard_checkpoint()  # outputs complete: a rerun must train, not resume
     log.info("pre-trained %s seed %d: %d steps in %.1f s; final %s", method, seed, steps, seconds,
              json.dumps({k: round(v, 4) for k, v in summary["final"].items()}))
     return summary

@@ -1,0 +1,1 @@
+"""The pipeline graph declared once: steps, their code and config dependencies, dvc.yaml generation."""

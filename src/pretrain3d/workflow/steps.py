@@ -1,0 +1,302 @@
+"""The pipeline's steps, declared once: what each reads (files, code, config fields) and writes.
+
+Snakemake's rules (rules/*.smk) take their inputs, outputs and ``params:`` from here, and dvc.yaml
+is generated from here (``pretrain3d dvc-yaml``), so the two front ends cannot drift apart:
+
+* **files**: inputs and outputs as functions of the config and the job's wildcards;
+* **code**: the import closure of the step's CLI stage module (workflow.code_deps) — a Snakemake
+  input and a DVC dep, so editing code a step runs reruns that step in either tool;
+* **config**: the fields the step reads, as dotted prefixes minus the fields that cannot change
+  its outputs (threads, worker counts, batch size of a frozen teacher, retries...). Snakemake gets
+  their values as ``params`` (its rerun trigger), DVC the same keys as stage params.
+
+Results of an experiment live under ``results/<experiment.name>/`` so that two configs never
+overwrite or stand in for each other; data and the feature cache are keyed by their own paths.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pretrain3d.config import Params, flatten
+from pretrain3d.errors import Pretrain3DError
+from pretrain3d.workflow.code_deps import import_closure
+
+Wildcards = dict[str, str]
+
+
+class WorkflowConfigError(Pretrain3DError):
+    """The config asks for a graph that cannot run (missing raw data, a method the dataset cannot feed)."""
+
+
+# What a pre-training method needs from the data (the plug-in registry of a later issue will own this).
+METHOD_NEEDS: dict[str, set[str]] = {
+    "scratch": set(),
+    "ppkt": {"scenes", "frames", "features"},
+    "ponderv2": {"scenes", "frames"},
+    "ponderv2_semantic": {"scenes", "frames", "labels"},
+}
+RENDERED_METHODS = ("ponderv2", "ponderv2_semantic")  # the report re-renders their held-out views
+
+
+def dataset_provides(cfg: Params) -> set[str]:
+    """What a dataset's processed layout holds: RGB-D frames only where the reader exports them."""
+    ds = cfg.data.dataset
+    provides = {"scenes", "labels", "features"}
+    if ds in ("synthetic", "scannet_like") or (ds == "scannet" and cfg.data.scannet.export_frames):
+        provides.add("frames")
+    if "frames" not in provides:
+        provides.discard("features")  # the 2D feature cache is computed from the frames
+    return provides
+
+
+def results_dir(cfg: Params) -> str:
+    return f"results/{cfg.experiment.name}"
+
+
+def features_dir(cfg: Params) -> str:
+    t = cfg.teacher
+    return f"{t.cache_root}/{t.name}-{t.layer}-{t.input_height}x{t.input_width}"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str                                  # the Snakemake rule
+    module: str | Callable[[Wildcards], str]   # the CLI stage module it runs (code deps)
+    wildcards: tuple[str, ...]
+    outputs: Callable[[Params, Wildcards], dict[str, str]]
+    inputs: Callable[[Params, Wildcards], dict[str, str | list[str]]] = lambda cfg, w: {}
+    fields: Callable[[Params, Wildcards], tuple[str, ...]] = lambda cfg, w: ()
+    exclude: tuple[str, ...] = ()              # leaves under `fields` that cannot change the outputs
+    extra_deps: tuple[str, ...] = ()           # package data files the stage reads
+    directory_outputs: tuple[str, ...] = ()    # output keys that are folders
+    dvc_group_by: tuple[str, ...] = ()         # wildcards whose jobs differ in fields/inputs: one DVC stage each
+
+    # ------------------------------------------------------------------ derived
+    def code(self, w: Wildcards | None = None) -> list[str]:
+        """The files a job runs: cli.py (the entry), the stage module's import closure, package data."""
+        module = self.module(w or {}) if callable(self.module) else self.module
+        files = ["src/pretrain3d/cli.py", *import_closure(module), *(f"src/pretrain3d/{p}" for p in self.extra_deps)]
+        return list(dict.fromkeys(files))
+
+    def field_values(self, cfg: Params, w: Wildcards) -> dict[str, Any]:
+        """{dotted leaf: value} of every config field the step reads (Snakemake's params)."""
+        return select_fields(flatten(cfg.model_dump(mode="json")), self.fields(cfg, w), self.exclude)
+
+    def jobs(self, cfg: Params) -> list[Wildcards]:
+        return [dict(zip(self.wildcards, combo)) for combo in itertools.product(
+            *(wildcard_values(cfg, name, self.name) for name in self.wildcards))]
+
+
+def select_fields(leaves: dict[str, Any], prefixes: tuple[str, ...], exclude: tuple[str, ...]) -> dict[str, Any]:
+    def under(key: str, prefix: str) -> bool:
+        return key == prefix or key.startswith(prefix + ".")
+
+    return {k: v for k, v in sorted(leaves.items())
+            if any(under(k, p) for p in prefixes) and not any(under(k, e) for e in exclude)}
+
+
+# ----------------------------------------------------------------------------- jobs of the default target
+def pretrained_methods(cfg: Params) -> list[str]:
+    return list(dict.fromkeys(cfg.experiment.methods + cfg.experiment.pretrain_only))
+
+
+def wildcard_values(cfg: Params, name: str, step: str) -> list[str]:
+    e = cfg.experiment
+    if name == "method":
+        return pretrained_methods(cfg) if step == "pretrain" else list(e.methods)
+    if name == "protocol":
+        return list(e.protocols)
+    if name == "seed":
+        return [str(s) for s in e.seeds]
+    raise KeyError(name)
+
+
+def pretrain_jobs(cfg: Params) -> list[Wildcards]:
+    """Compared methods for every seed; pretrain_only methods for the first seed only."""
+    jobs = [{"method": m, "seed": str(s)} for m in cfg.experiment.methods for s in cfg.experiment.seeds]
+    jobs += [{"method": m, "seed": str(cfg.experiment.seeds[0])} for m in cfg.experiment.pretrain_only]
+    return jobs
+
+
+def needs_real_check(cfg: Params) -> bool:
+    return any(m in RENDERED_METHODS for m in pretrained_methods(cfg))
+
+
+# ----------------------------------------------------------------------------- file templates
+def backbone(cfg: Params, method: str, seed: str) -> str:
+    return f"{results_dir(cfg)}/pretrain/{method}/seed{seed}/backbone.pt"
+
+
+def run_dir(cfg: Params, w: Wildcards) -> str:
+    return f"{results_dir(cfg)}/runs/{w['method']}/{w['protocol']}/seed{w['seed']}"
+
+
+def real_check_outputs(cfg: Params) -> dict[str, str]:
+    r = results_dir(cfg)
+    return {"png": f"{r}/ponderv2_real/render.png", "json": f"{r}/ponderv2_real/render.json"}
+
+
+def report_outputs(cfg: Params) -> dict[str, str]:
+    r = results_dir(cfg)
+    return {"summary": f"{r}/summary.json", "report": f"{r}/report.md", "renders": f"{r}/renders"}
+
+
+def _benchmark_file(cfg: Params, protocol: str) -> list[str]:
+    key = {"la": "la_file", "lr": "lr_file"}.get(protocol)
+    path = getattr(cfg.data.scannet, key) if key else None
+    return [path] if path else []
+
+
+def _pretrain_inputs(cfg: Params, w: Wildcards) -> dict[str, Any]:
+    needs = METHOD_NEEDS[w["method"]]
+    out: dict[str, Any] = {}
+    if needs & {"scenes", "frames", "labels"}:
+        out["data"] = cfg.data.processed_root
+    if "features" in needs:
+        out["features"] = features_dir(cfg)
+    return out
+
+
+# pretrain.* minus the method sections: the loop, optimiser, schedule and augmentation every method shares
+_PRETRAIN_COMMON = ("model", "train.grid_size", "train.device", "train.amp", "pretrain.epochs",
+                    "pretrain.batch_size", "pretrain.optimizer", "pretrain.lr", "pretrain.momentum",
+                    "pretrain.nesterov", "pretrain.weight_decay", "pretrain.scheduler", "pretrain.pct_start",
+                    "pretrain.div_factor", "pretrain.final_div_factor", "pretrain.grad_clip", "pretrain.augment",
+                    "data.num_classes")
+
+
+def _pretrain_fields(cfg: Params, w: Wildcards) -> tuple[str, ...]:
+    m = w["method"]
+    if m == "scratch":
+        return ("model",)
+    if m == "ppkt":
+        return _PRETRAIN_COMMON + ("pretrain.ppkt", "teacher")
+    return _PRETRAIN_COMMON + ("pretrain.ponderv2",)
+
+
+def _ingest_fields(cfg: Params, w: Wildcards) -> tuple[str, ...]:
+    ds = cfg.data.dataset
+    fields = ("data.dataset", "data.num_classes")
+    if ds in ("scannet", "scannet_npy"):
+        fields += ("data.scannet",)
+    elif ds == "s3dis":
+        fields += ("data.s3dis",)
+    return fields
+
+
+def _ingest_inputs(cfg: Params, w: Wildcards) -> dict[str, Any]:
+    out: dict[str, Any] = {"raw": cfg.data.raw_root}
+    if cfg.data.dataset in ("scannet", "scannet_npy") and cfg.data.scannet.labels_tsv:
+        out["tsv"] = cfg.data.scannet.labels_tsv
+    return out
+
+
+def _finetune_fields(cfg: Params, w: Wildcards) -> tuple[str, ...]:
+    per_protocol = {"la": ("protocols.la_points", "data.scannet.la_file"),
+                    "lr": ("protocols.lr_fraction", "data.scannet.lr_file"),
+                    "probe": ("protocols.probe_epochs", "protocols.probe_lr"), "full": ()}
+    return ("model", "train", "data.num_classes") + per_protocol[w["protocol"]]
+
+
+def _report_inputs(cfg: Params, w: Wildcards) -> dict[str, Any]:
+    e = cfg.experiment
+    metrics = [f"{run_dir(cfg, {'method': m, 'protocol': p, 'seed': str(s)})}/metrics.json"
+               for m in e.methods for p in e.protocols for s in e.seeds]
+    renders = [backbone(cfg, m, str(e.seeds[0])) for m in pretrained_methods(cfg) if m in RENDERED_METHODS]
+    only = [backbone(cfg, m, str(e.seeds[0])) for m in e.pretrain_only]
+    real = list(real_check_outputs(cfg).values()) if needs_real_check(cfg) else []
+    return {"metrics": metrics, "references": "results/references.json", "backbones": renders,
+            "pretrain_only": only, "real": real}
+
+
+STEPS: dict[str, Step] = {s.name: s for s in [
+    Step("generate_synthetic", "pretrain3d.stages.data", (),
+         outputs=lambda cfg, w: {"raw": cfg.data.raw_root}, fields=lambda cfg, w: ("data.synthetic",),
+         directory_outputs=("raw",)),
+    Step("download", "pretrain3d.stages.download", (),
+         outputs=lambda cfg, w: {"raw": cfg.data.raw_root}, fields=lambda cfg, w: ("data.download",),
+         # how the bytes are fetched cannot change them (sha256-checked)
+         exclude=("data.download.cache_dir", "data.download.retries", "data.download.timeout"),
+         directory_outputs=("raw",)),
+    Step("preprocess", "pretrain3d.stages.data", (),
+         inputs=_ingest_inputs, outputs=lambda cfg, w: {"processed": cfg.data.processed_root},
+         fields=_ingest_fields,
+         # la/lr files only select fine-tuning labels
+         exclude=("data.scannet.la_file", "data.scannet.lr_file"), directory_outputs=("processed",)),
+    Step("cache_features", "pretrain3d.stages.features", (),
+         inputs=lambda cfg, w: {"data": cfg.data.processed_root},
+         outputs=lambda cfg, w: {"features": features_dir(cfg)}, fields=lambda cfg, w: ("teacher",),
+         exclude=("teacher.batch_size",), directory_outputs=("features",)),
+    Step("pretrain", lambda w: ("pretrain3d.stages.init_backbone" if w.get("method") == "scratch"
+                             else "pretrain3d.stages.pretrain"), ("method", "seed"), dvc_group_by=("method",),
+         inputs=_pretrain_inputs,
+         outputs=lambda cfg, w: {"backbone": backbone(cfg, w["method"], w["seed"])},
+         fields=_pretrain_fields,
+         exclude=("pretrain.ponderv2.real_check_steps", "pretrain.ponderv2.render_chunk", "teacher.batch_size")),
+    Step("ponderv2_real_check", "pretrain3d.stages.render", (),
+         outputs=lambda cfg, w: real_check_outputs(cfg),
+         fields=lambda cfg, w: _PRETRAIN_COMMON + ("pretrain.ponderv2", "data.sevenscenes"),
+         exclude=("pretrain.ponderv2.render_chunk",)),
+    Step("finetune", "pretrain3d.stages.finetune", ("method", "protocol", "seed"), dvc_group_by=("protocol",),
+         inputs=lambda cfg, w: {"data": cfg.data.processed_root, "backbone": backbone(cfg, w["method"], w["seed"]),
+                                "benchmark_file": _benchmark_file(cfg, w["protocol"])},
+         outputs=lambda cfg, w: {k: f"{run_dir(cfg, w)}/{f}" for k, f in
+                                 (("model", "model.pt"), ("train_log", "train_log.json"), ("config", "config.yaml"))},
+         fields=_finetune_fields, exclude=("train.threads", "train.num_workers", "train.val_every")),
+    Step("evaluate", "pretrain3d.stages.evaluate", ("method", "protocol", "seed"),
+         inputs=lambda cfg, w: {"data": cfg.data.processed_root, "model": f"{run_dir(cfg, w)}/model.pt"},
+         outputs=lambda cfg, w: {k: f"{run_dir(cfg, w)}/{k}.{ext}" for k, ext in
+                                 (("metrics", "json"), ("confusion", "png"), ("render", "png"))},
+         fields=lambda cfg, w: ("train.grid_size", "train.device", "eval", "data.num_classes")),
+    Step("log_references", "pretrain3d.stages.references", (),
+         outputs=lambda cfg, w: {"references": "results/references.json"},
+         fields=lambda cfg, w: ("tracking.uri", "tracking.experiment", "tracking.enabled"),
+         extra_deps=("tracking/paper_references.yaml",)),
+    Step("report", "pretrain3d.stages.report", (),
+         inputs=_report_inputs, outputs=lambda cfg, w: report_outputs(cfg),
+         fields=lambda cfg, w: ("experiment", "data.dataset", "data.num_classes"),
+         directory_outputs=("renders",)),
+]}
+
+
+def active_steps(cfg: Params) -> list[tuple[Step, list[Wildcards]]]:
+    """The steps and jobs of the default target for this config, in pipeline order."""
+    ds = cfg.data.dataset
+    out: list[tuple[Step, list[Wildcards]]] = []
+    if cfg.data.download.enabled:
+        out.append((STEPS["download"], [{}]))
+    elif ds == "synthetic":
+        out.append((STEPS["generate_synthetic"], [{}]))
+    out.append((STEPS["preprocess"], [{}]))
+    if any("features" in METHOD_NEEDS[m] for m in pretrained_methods(cfg)):
+        out.append((STEPS["cache_features"], [{}]))
+    out.append((STEPS["pretrain"], pretrain_jobs(cfg)))
+    if needs_real_check(cfg):
+        out.append((STEPS["ponderv2_real_check"], [{}]))
+    out.append((STEPS["finetune"], STEPS["finetune"].jobs(cfg)))
+    out.append((STEPS["evaluate"], STEPS["evaluate"].jobs(cfg)))
+    out.append((STEPS["log_references"], [{}]))
+    out.append((STEPS["report"], [{}]))
+    return out
+
+
+def check_runnable(cfg: Params, source: str = "the config") -> None:
+    """Every scheduled method can be fed by the dataset, and the raw data exists or can be made."""
+    provides = dataset_provides(cfg)
+    for m in pretrained_methods(cfg):
+        missing = METHOD_NEEDS[m] - provides
+        if missing:
+            where = "experiment.methods" if m in cfg.experiment.methods else "experiment.pretrain_only"
+            raise WorkflowConfigError(
+                f"{source}: {where} lists {m!r}, which needs {sorted(missing)} that data.dataset "
+                f"{cfg.data.dataset!r} does not provide (no RGB-D frames in this layout); remove it from {where}")
+    raw = Path(cfg.data.raw_root)
+    if cfg.data.dataset != "synthetic" and not cfg.data.download.enabled and not raw.exists():
+        raise WorkflowConfigError(
+            f"{source}: data.raw_root {raw} does not exist and nothing in the pipeline makes it: put the "
+            f"{cfg.data.dataset} release there (see README 'Data'), point data.raw_root at your copy, or configure "
+            "data.download (URLs with sha256, or your own download script)")
