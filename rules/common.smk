@@ -10,6 +10,12 @@ from pretrain3d.workflow.sync import write_resolved_config
 PARAMS = validate_config(config, source="Snakemake config (params.yaml + --configfile/--config)")
 config = PARAMS.model_dump(mode="json")
 W.check_runnable(PARAMS, source="Snakemake config (params.yaml + --configfile/--config)")
+if os.environ.get("DVC_STAGE"):
+    from pretrain3d.workflow.sync import dvc_yaml_is_current
+
+    if not dvc_yaml_is_current():
+        raise WorkflowError("dvc.yaml is not what `pretrain3d dvc-yaml` makes of params.yaml (experiment.methods, "
+                            "seeds or protocols changed?): run `pretrain3d dvc-yaml`, then `dvc repro` again")
 
 # Every job reads the resolved config (so overlays and --config overrides reach the stages) from a
 # content-addressed file that onstart writes atomically: a dry run or --lint writes nothing, and a
