@@ -102,7 +102,11 @@ case $1 in
     fi
     for arg in "$@"; do
       for pair in $FAKE_PROVIDES; do
-        [ "${pair%%=*}" = "$arg" ] && touch "$FAKESYS/have/${pair#*=}"
+        if [ "${pair%%=*}" = "$arg" ]; then
+          probe=${pair#*=}
+          touch "$FAKESYS/have/$probe"
+          case $probe in cmd:*) printf '#!/bin/sh\n' >"$FAKEBIN/${probe#cmd:}"; chmod +x "$FAKEBIN/${probe#cmd:}" ;; esac
+        fi
       done
     done
     echo "Setting up the packages" ;;
@@ -175,6 +179,7 @@ class Machine:
             "TMPDIR": str(root),
             "LANG": "C.UTF-8",
             "FAKESYS": str(self.sys),
+            "FAKEBIN": str(self.bin),
             "FAKE_LOG": str(self.log),
             "FAKE_PROVIDES": provides,
             "PRETRAIN3D_VENV": str(self.venv),
@@ -227,6 +232,7 @@ def test_table_is_the_one_place_and_well_formed():
         assert needed.strip()
     assert ["run", "libusb-1.0-0", "lib:libusb-1.0.so.0"] in [r[:3] for r in rows]
     assert ["venv", "python{py}-venv", "module:ensurepip"] in [r[:3] for r in rows]
+    assert ["run", "git", "cmd:git"] in [r[:3] for r in rows]
     # no script names a system package the table does not list
     for script in ("bootstrap.sh", "run.sh", "test.sh"):
         assert "libusb-1.0-0" not in (REPO / "scripts" / script).read_text()
@@ -399,6 +405,12 @@ def test_cmd_probe_rows_follow_the_same_pattern(m, tmp_path):
     r = m.run("scripts/system_deps.sh", "--table", str(table), "--python", "python3", "--check-only")
     _assert_ok(r)
     assert "all present" in r.out
+    _write(m.bin / "chromium", FAKE_TOOL)
+    (m.bin / "chromium").unlink()
+    r = m.run("scripts/system_deps.sh", "--table", str(table), "--python", "python3",
+              FAKE_PROVIDES="chromium=cmd:chromium")
+    _assert_ok(r)
+    assert m.apt_calls(r) == ["apt-get install -y -q --no-install-recommends chromium"]
     table.write_text("run libusb-1.0-0 file:/usr/lib/x open3d\n")
     r = m.run("scripts/system_deps.sh", "--table", str(table), "--python", "python3")
     assert r.returncode == 1 and "unknown probe 'file:/usr/lib/x'" in r.out
