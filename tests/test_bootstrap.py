@@ -472,7 +472,7 @@ def test_fast_path_calls_neither_pip_nor_apt(m):
     r = m.run()
     _assert_ok(r)
     assert r.calls == [] and r.out == ""  # not even a python start
-    # a changed input (here: the table's stamp input) reinstalls
+    # a stamp that does not match the inputs reinstalls
     m.stamp.write_text("stale\n")
     r = m.run()
     _assert_ok(r)
