@@ -3,5 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-export PATH="$PWD/.venv/bin:$PATH"
+venv=${PRETRAIN3D_VENV:-.venv}  # the one scripts/bootstrap.sh made (relative: to the repository)
+case $venv in /*) ;; *) venv=$PWD/$venv ;; esac
+export PATH="$venv/bin:$PATH"
 exec python -m pytest -q "$@"
