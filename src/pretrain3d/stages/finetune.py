@@ -22,7 +22,7 @@ from pretrain3d.engine.seed import resolve_device, seed_everything
 from pretrain3d.engine.trainer import CheckpointError, Trainer, load_checkpoint, load_state_strict, save_checkpoint
 from pretrain3d.errors import DataError
 from pretrain3d.evaluation.inference import evaluate_scenes
-from pretrain3d.methods.linear_probe import backbone_features, fit_linear_head
+from pretrain3d.methods.linear_probe import train_probe
 from pretrain3d.methods.semseg import semseg_loss
 from pretrain3d.models.segmentor import build_segmentor
 from pretrain3d.stages.common import job_params, job_tags
@@ -159,9 +159,8 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
         if protocol == "probe":
             # Frozen features are computed once (seconds); see methods/linear_probe.py.
             train_eval = EvalDataset(train_scenes, tc.grid_size)
-            feats, labels = backbone_features(model.backbone, (train_eval[i] for i in range(len(train_eval))), device)
-            history = fit_linear_head(model.head, feats.to(device), labels.to(device), tc.epochs, tc.lr,
-                                      tc.weight_decay, seed)
+            history = train_probe(model.backbone, model.head, [train_eval[i] for i in range(len(train_eval))],
+                                  cfg.protocols.probe_features, tc.epochs, tc.lr, tc.weight_decay, seed, device)
             history[-1].update({f"val/{k}": v for k, v in validate(model).items()})
             for h in history:
                 run.log_metrics(h, step=h["epoch"])
