@@ -62,3 +62,30 @@ def test_semseg_loss_logs_labelled_voxels_per_sample():
     batch = {"logits": torch.randn(10, 3, requires_grad=True), "segment": target, "offset": torch.tensor([4, 10])}
     _, logs = semseg_loss(logits_model, batch)
     assert logs["labelled_voxels_per_sample"] == pytest.approx(1.5)
+
+
+def test_la_run_logs_the_labelled_voxels_that_reach_the_loss(tmp_path):
+    pytest.importorskip("spconv.pytorch")
+    import json
+
+    import mlflow
+
+    from conftest import tiny_overrides
+    from pretrain3d.config import validate_config
+    from pretrain3d.data import synthetic as syn
+    from pretrain3d.data.scannet_like import preprocess_scannet_like
+    from pretrain3d.stages.finetune import finetune
+
+    cfg = validate_config(tiny_overrides(tmp_path))
+    syn.generate_dataset(tmp_path / "raw", num_train=2, num_val=1, seed=3, frames_per_scene=2, width=64, height=48,
+                         points_per_m2=120.0, workers=1, progress=False)
+    preprocess_scannet_like(tmp_path / "raw", tmp_path / "processed", workers=1, progress=False)
+    finetune(cfg, "scratch", 0, tmp_path / "run", protocol="la", progress=False)
+    log = json.loads((tmp_path / "run" / "train_log.json").read_text())
+    assert log["labelled_points_per_scene"] == cfg.protocols.la_points == 50
+    assert log["voxel_label"] == "labelled" and 45 <= log["labelled_voxels_per_sample"] <= 50
+    assert all("train/labelled_voxels_per_sample" in h for h in log["history"])
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    (run,) = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list")
+    assert run.data.metrics["train/labelled_voxels_per_sample_mean"] == pytest.approx(log["labelled_voxels_per_sample"])
+    assert float(run.data.params["labelled_points_per_scene"]) == 50
