@@ -29,7 +29,7 @@ from pretrain3d.methods.ppkt import (
     ppkt_infonce,
     select_pairs,
 )
-from pretrain3d.teachers.cache import load_scene_features, pixel_to_grid
+from pretrain3d.teachers.cache import load_scene_features, pixel_to_cell, pixel_to_grid
 
 torch.set_num_threads(1)
 
@@ -106,6 +106,19 @@ def test_select_pairs_prefers_distinct_voxels():
     assert len(select_pairs(np.zeros(0, np.int64), 4, rng)) == 0
 
 
+def test_select_pairs_one_per_cell_and_voxel():
+    rng = np.random.default_rng(0)
+    vox = np.array([0, 1, 2, 3, 4, 5, 5, 6])
+    cell = np.array([9, 9, 9, 4, 4, 7, 8, 1])  # cells 7 and 8 both only see voxel 5
+    for seed in range(20):
+        sel = select_pairs(vox, 100, np.random.default_rng(seed), cell)
+        assert len(set(cell[sel])) == len(sel) and len(set(vox[sel])) == len(sel)
+        assert len(sel) == 4 and {9, 4, 1} <= set(cell[sel])
+    assert len(select_pairs(vox, 2, rng, cell)) == 2
+    with pytest.raises(ValueError, match="cell keys"):
+        select_pairs(vox, 4, rng, cell[:3])
+
+
 def test_voxelize_keep_inverse_changes_nothing_else():
     from pretrain3d.data import transforms as T
 
@@ -174,7 +187,8 @@ def write_fake_cache(processed_root: Path, raw_root: Path, cache: Path, h: int =
                 maps.append(np.einsum("lhw,ld->dhw", pooled, proj) + noise * rng.standard_normal((dim, h, w)))
             np.savez(cache / f"{s.scene_id}.npz", features=np.stack(maps).astype(np.float16),
                      frame_ids=np.array(s.frames.ids))
-    meta = {"name": "fake_onehot", "layer": "last", "dim": dim, "stride": 14, "input_size": [h * 14, w * 14],
+    meta = {"name": "fake_onehot", "layer": "last", "dim": dim, "stride": 14, "cell_offset": 6.5,
+            "input_size": [h * 14, w * 14],
             "feature_size": [h, w]}
     (cache / "meta.json").write_text(json.dumps(meta))
     return meta
@@ -236,10 +250,11 @@ def _check_pairs(item: dict, scene, cache: Path, grid_size: float, points: str, 
     return st
 
 
-@pytest.mark.parametrize("points", ["scene", "frame"])
-def test_dataset_pairs_are_consistent(tiny, points):
+@pytest.mark.parametrize("points,sampling", [("scene", "cell"), ("frame", "cell"), ("scene", "pixel")])
+def test_dataset_pairs_are_consistent(tiny, points, sampling):
     tmp, cfg, cache = tiny
-    pc = cfg.pretrain.model_copy(update={"ppkt": cfg.pretrain.ppkt.model_copy(update={"points": points})})
+    pc = cfg.pretrain.model_copy(update={"ppkt": cfg.pretrain.ppkt.model_copy(
+        update={"points": points, "pair_sampling": sampling})})
     scenes = load_pretrain_scenes(cfg.data.processed_root, "train")
     ds = PPKTDataset(scenes, cache, pc, cfg.train.grid_size, debug=True)
     assert ds.max_pairs == 1024 // 2
@@ -248,8 +263,13 @@ def test_dataset_pairs_are_consistent(tiny, points):
         assert len(it["frame_index"]) == 2 and len(set(it["frame_index"].tolist())) == 2
         st = _check_pairs(it, s, cache, cfg.train.grid_size, points, pc.ppkt.margin, pc.ppkt.visibility_rel)
         assert st["pairs_used"] <= ds.max_pairs
-        if st["pairs_used"] < ds.max_pairs:
+        if sampling == "pixel" and st["pairs_used"] < ds.max_pairs:
             assert st["pairs_used"] == st["pairs_found"]
+        if sampling == "cell":  # at most one pair per (view, teacher cell) and per voxel
+            cells = pixel_to_cell(it["pair_pix"].numpy(), s.frames.width, s.frames.height, ds.geometry)
+            keys = {(int(f), int(c), int(r)) for f, (c, r) in zip(it["pair_frame"], cells)}
+            assert len(keys) == st["pairs_used"] == len(np.unique(it["pair_voxel"].numpy()))
+            assert st["pairs_used"] > 0.5 * 2 * 12 * 16 * 0.5  # most cells of the two views are used
         print(f"\n{points} {s.scene_id}: " + ", ".join(f"{k}={v:g}" for k, v in st.items()))
         if points == "scene":
             assert st["pairs_found"] + st["occluded"] + st["in_front"] + st["out_of_image"] + st["no_depth"] \

@@ -280,9 +280,19 @@ class ProtocolsConfig(_Strict):
         "has 20/50/100/200). 200 by default: with 20 and the 10-epoch CPU schedule every scratch and PonderV2 run "
         "predicted only the two dominant classes (mAcc 10.35-10.41 % in all six runs, measured), which measures "
         "nothing.")
+    la_voxel_label: Literal["labelled", "random"] = Field(
+        "labelled", description="Limited annotations, training voxelisation: 'labelled' = a voxel that contains a "
+        "labelled point keeps one of those (so every labelled point reaches the loss unless two share a voxel); "
+        "'random' = Pointcept's random point per voxel (at 8 cm only ~57 of 200 labelled points per scene survive, "
+        "measured).")
     lr_fraction: float = Field(0.25, gt=0, le=1, description="Limited reconstructions: fraction of training scenes.")
     probe_epochs: int = Field(20, ge=1, description="Linear probe epochs (frozen backbone).")
     probe_lr: float = Field(0.01, gt=0)
+    probe_features: Literal["standardize", "recompute_bn", "raw"] = Field(
+        "standardize", description="Linear probe input: 'standardize' = frozen features standardised per channel "
+        "with statistics of the train scenes (folded into the saved head), the same for every method; "
+        "'recompute_bn' = BatchNorm running statistics recomputed on the train scenes first; 'raw' = the "
+        "backbone's own BN statistics (a random backbone's features then vanish).")
 
 
 class TeacherConfig(_Strict):
@@ -314,6 +324,11 @@ class PPKTConfig(_Strict):
         0.1, gt=0, description="Depth test |D - z| <= visibility_rel * D. OpenScene uses 0.25; on the embedded rooms "
         "0.1 raised pairs whose pixel shows the point's own object from 91-99 % to 97-99 % (measured).")
     margin: int = Field(2, ge=0, description="Image border (pixels) excluded from pairs.")
+    pair_sampling: Literal["cell", "pixel"] = Field(
+        "cell", description="cell: at most one pair per teacher feature cell and view (and per voxel), so that no "
+        "negative is a near copy of the positive's bilinear feature; pixel: one pair per voxel, any pixels "
+        "(~5 pairs per ViT cell on 12x16 maps). Embedded seed 0 (8 epochs): cell 735 pairs/batch, probe 15.70, LA200 "
+        "10.76 mIoU; pixel 4096 pairs/batch, probe 16.18, LA200 13.52 (issue #16: fewer pairs per step is the price).")
 
 
 class PonderV2LossWeights(_Strict):

@@ -70,8 +70,10 @@ class EpochSampler(Sampler):
 class TrainDataset(Dataset):
     """Augmented, voxelised training samples; indexed by (scene index, sample seed)."""
 
-    def __init__(self, scenes: Sequence[SceneArrays], grid_size: float, augment, max_points: int | None = None):
+    def __init__(self, scenes: Sequence[SceneArrays], grid_size: float, augment, max_points: int | None = None,
+                 prefer_labelled: bool = False):
         self.scenes, self.grid_size, self.augment, self.max_points = scenes, grid_size, augment, max_points
+        self.prefer_labelled = prefer_labelled  # limited annotations: voxels keep a labelled point if any
 
     def __len__(self) -> int:
         return len(self.scenes)
@@ -82,7 +84,8 @@ class TrainDataset(Dataset):
         rng = np.random.default_rng(seed)
         sample = {"coord": s.coord.copy(), "color": s.color.copy(), "normal": s.normal.copy(), "segment": s.segment}
         sample = T.train_augment(sample, rng, self.augment)
-        sample = T.voxelize_for_model(sample, self.grid_size, rng, self.max_points)
+        sample = T.voxelize_for_model(sample, self.grid_size, rng, self.max_points,
+                                      prefer_labelled=self.prefer_labelled)
         return to_tensors(sample, ("grid_coord", "feat", "coord", "segment"))
 
 

@@ -6,6 +6,17 @@
 The selections depend on the dataset and the protocol setting only — never on the run seed — so
 every method and seed is trained and compared on exactly the same labels (as with the benchmark's
 fixed annotation files).
+
+LA counts labelled *points* per scene (``protocols.la_points``), as the benchmark's
+``points/pointsN`` files do (N point indices per scene), so our numbers and the files' stay
+comparable. Those points must also reach the loss: training voxelisation keeps one point per voxel,
+and Pointcept keeps a random one, so at 8 cm only ~57 of 200 labelled points per scene survived a
+step (47-65 measured). Deviation from Pointcept (``protocols.la_voxel_label: labelled``, the
+default): a voxel that holds a labelled point keeps one of them (random among them), so every
+labelled point reaches the loss except where several share one voxel (one label per voxel; the
+others of that voxel are lost). ``random`` restores Pointcept's rule. Each LA run logs the labelled
+voxels per sample and step (``train/labelled_voxels_per_sample``, its run mean in train_log.json as
+``labelled_voxels_per_sample`` and in MLflow), beside ``labelled_points_per_scene``.
 """
 
 from __future__ import annotations

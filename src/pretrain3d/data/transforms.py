@@ -180,15 +180,25 @@ def train_augment(sample: dict, rng: np.random.Generator, aug) -> dict:
 
 
 def voxelize_for_model(sample: dict, grid_size: float, rng: np.random.Generator | None,
-                       max_points: int | None = None, keep_inverse: bool = False) -> dict:
+                       max_points: int | None = None, keep_inverse: bool = False,
+                       prefer_labelled: bool = False) -> dict:
     """Grid-sample (one point per voxel; random in training), optionally crop, centre x/y,
     and build the model features (colour/255 ‖ normal). Keeps ``inverse`` when not training.
 
     ``keep_inverse=True`` also keeps ``inverse`` in training (pre-training maps points paired with
     pixels to their voxels through it): ``inverse[i]`` is the row of input point ``i``'s voxel, or
     ``-1`` when the ``max_points`` crop dropped that voxel. It changes nothing else (same random
-    draws, same output)."""
-    gs = grid_sample(sample["coord"], grid_size, rng)
+    draws, same output).
+
+    ``prefer_labelled=True`` (limited annotations): a voxel holding a labelled point (``segment``
+    not IGNORE_INDEX) keeps one of them, so the sparse labels reach the loss (see
+    ``geometry.voxel.grid_sample``)."""
+    prefer = None
+    if prefer_labelled:
+        from pretrain3d.data.labels import IGNORE_INDEX
+
+        prefer = np.asarray(sample["segment"]) != IGNORE_INDEX
+    gs = grid_sample(sample["coord"], grid_size, rng, prefer=prefer)
     out = select(sample, gs.index)
     out["grid_coord"] = gs.grid_coord
     if rng is None or keep_inverse:

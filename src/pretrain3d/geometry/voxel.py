@@ -34,20 +34,35 @@ class GridSample:
     inverse: np.ndarray
 
 
-def grid_sample(coord: np.ndarray, grid_size: float, rng: np.random.Generator | None = None) -> GridSample:
+def grid_sample(coord: np.ndarray, grid_size: float, rng: np.random.Generator | None = None,
+                prefer: np.ndarray | None = None) -> GridSample:
     """Keep one point per voxel: a random one when ``rng`` is given (training), else the
-    first point of the voxel in input order (deterministic, for evaluation)."""
+    first point of the voxel in input order (deterministic, for evaluation).
+
+    ``prefer`` (N,) bool: a voxel that holds preferred points keeps one of those (a random one with
+    ``rng``, else the first), any other voxel a point as above. Limited annotations use it with
+    "is labelled" so that sparse labels are not dropped by the voxelisation; it takes the same
+    random draws as without it."""
     grid = grid_coordinates(coord, grid_size)
     keys = _voxel_keys(grid)
-    order = np.argsort(keys, kind="stable")
+    if prefer is None:
+        order = np.argsort(keys, kind="stable")
+    else:
+        prefer = np.asarray(prefer, dtype=bool)
+        if prefer.shape != keys.shape:
+            raise ValueError(f"prefer must have one entry per point ({len(keys)}), got shape {prefer.shape}")
+        order = np.lexsort((~prefer, keys))  # by voxel, preferred points first, stable
     sorted_keys = keys[order]
     starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
     counts = np.diff(np.r_[starts, len(keys)])
+    if prefer is not None:
+        n_pref = np.add.reduceat(prefer[order].astype(np.int64), starts)
+        counts = np.where(n_pref > 0, n_pref, counts)  # draw among the preferred points when any
     if rng is None:
         pick = starts
     else:
         pick = starts + (rng.random(len(starts)) * counts).astype(np.int64)
     index = order[pick]
     inverse = np.empty(len(keys), dtype=np.int64)
-    inverse[order] = np.repeat(np.arange(len(starts)), counts)
+    inverse[order] = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(keys)]))
     return GridSample(index=index, grid_coord=grid[index], inverse=inverse)

@@ -22,7 +22,7 @@ from pretrain3d.engine.seed import resolve_device, seed_everything
 from pretrain3d.engine.trainer import CheckpointError, Trainer, load_checkpoint, load_state_strict, save_checkpoint
 from pretrain3d.errors import DataError
 from pretrain3d.evaluation.inference import evaluate_scenes
-from pretrain3d.methods.linear_probe import backbone_features, fit_linear_head
+from pretrain3d.methods.linear_probe import train_probe
 from pretrain3d.methods.semseg import semseg_loss
 from pretrain3d.models.segmentor import build_segmentor
 from pretrain3d.stages.common import job_params, job_tags
@@ -119,7 +119,10 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
 
     train_scenes = apply_protocol(cfg, protocol, load_split(cfg.data.processed_root, "train", nc))
     val_scenes = load_split(cfg.data.processed_root, "val", nc)
-    train_ds = TrainDataset(train_scenes, tc.grid_size, tc.augment, tc.max_points)
+    # LA: a voxel keeps a labelled point when it holds one (protocols.la_voxel_label, see data/protocols.py)
+    prefer_labelled = protocol == "la" and cfg.protocols.la_voxel_label == "labelled"
+    train_ds = TrainDataset(train_scenes, tc.grid_size, tc.augment, tc.max_points, prefer_labelled=prefer_labelled)
+    labelled_per_scene = sum(int((s.segment >= 0).sum()) for s in train_scenes) / len(train_scenes)
     val_samples = [EvalDataset(val_scenes, tc.grid_size)[i] for i in range(len(val_scenes))]
     steps_per_epoch = math.ceil(len(train_ds) / tc.batch_size)
 
@@ -156,13 +159,13 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
     fingerprint = run_fingerprint(cfg, method, seed, init_backbone, protocol)
     t0 = time.perf_counter()
     trainer = None  # the probe has no resumable state
-    with job_run(cfg.tracking, f"finetune-{method}-{protocol}-seed{seed}", tags, job_params(cfg)) as run:
+    params = {**job_params(cfg), "labelled_points_per_scene": labelled_per_scene}
+    with job_run(cfg.tracking, f"finetune-{method}-{protocol}-seed{seed}", tags, params) as run:
         if protocol == "probe":
             # Frozen features are computed once (seconds); see methods/linear_probe.py.
             train_eval = EvalDataset(train_scenes, tc.grid_size)
-            feats, labels = backbone_features(model.backbone, (train_eval[i] for i in range(len(train_eval))), device)
-            history = fit_linear_head(model.head, feats.to(device), labels.to(device), tc.epochs, tc.lr,
-                                      tc.weight_decay, seed)
+            history = train_probe(model.backbone, model.head, [train_eval[i] for i in range(len(train_eval))],
+                                  cfg.protocols.probe_features, tc.epochs, tc.lr, tc.weight_decay, seed, device)
             history[-1].update({f"val/{k}": v for k, v in validate(model).items()})
             for h in history:
                 run.log_metrics(h, step=h["epoch"])
@@ -178,6 +181,13 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
             history = trainer.fit()
             steps = trainer.state.global_step
         steps_here = trainer.steps_this_process if trainer is not None else steps
+        # How many labelled points reached the loss: labelled voxels per training sample and step,
+        # averaged over the run (LA: at most la_points; see data/protocols.py).
+        per_epoch = [h["train/labelled_voxels_per_sample"] for h in history if "train/labelled_voxels_per_sample" in h]
+        labelled_voxels = sum(per_epoch) / len(per_epoch) if per_epoch else None
+        if labelled_voxels is not None:
+            run.log_metrics({"train/labelled_voxels_per_sample_mean": labelled_voxels})
+            run.set_tags({"labelled_voxels_per_sample": f"{labelled_voxels:.1f}"})
         seconds = time.perf_counter() - t0
 
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -189,7 +199,10 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
         write_text(out_dir / "config.yaml", dump_yaml(cfg))
         summary = {"method": method, "protocol": protocol, "seed": seed, "epochs": tc.epochs, "steps": steps,
                    "steps_this_process": steps_here, "train_seconds_this_process": seconds,
-                   "fingerprint": fingerprint, "history": history,
+                   "fingerprint": fingerprint,
+                   "labelled_points_per_scene": labelled_per_scene,
+                   "labelled_voxels_per_sample": labelled_voxels,
+                   "voxel_label": "labelled" if prefer_labelled else "random", "history": history,
                    "final_val": {k[4:]: v for k, v in history[-1].items() if k.startswith("val/")}}
         write_json(out_dir / "train_log.json", summary)
         run.log_artifact(out_dir / "config.yaml")

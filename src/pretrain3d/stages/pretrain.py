@@ -87,10 +87,10 @@ def _ppkt_setup(cfg: Params, scenes: list) -> MethodSetup:
         tags={"teacher": str(meta.get("name", cfg.teacher.name)),
               "teacher_layer": str(meta.get("layer", cfg.teacher.layer)),
               "pairs_per_batch": pc.ppkt.num_pairs, "tau": pc.ppkt.tau, "point_source": pc.ppkt.points,
-              "num_views": pc.ppkt.frames_per_sample},
+              "num_views": pc.ppkt.frames_per_sample, "pair_sampling": pc.ppkt.pair_sampling},
         fingerprint={"teacher": meta}, checkpoint={"teacher": meta},
         summary={"teacher": meta, "cache_dir": str(cache), "point_source": pc.ppkt.points,
-                 "pairs_per_batch": pc.ppkt.num_pairs, "tau": pc.ppkt.tau})
+                 "pairs_per_batch": pc.ppkt.num_pairs, "pair_sampling": pc.ppkt.pair_sampling, "tau": pc.ppkt.tau})
 
 
 def class_text_embeddings(cfg: Params) -> tuple[torch.Tensor, dict]:

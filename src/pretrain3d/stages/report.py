@@ -2,6 +2,17 @@
 
 Every (method, protocol) is summarised as mean ± sample std over its seeds; each pre-training
 method is compared with `scratch` under the same protocol (same data, labels and budget).
+
+Two differences are reported for each comparison:
+
+* the **difference of means** ± the standard error of a difference of two *independent* means
+  (``{k}_diff``, ``{k}_diff_se``);
+* the **paired difference** (``{k}_paired_diff``, ``{k}_paired_diff_se``, over ``paired_seeds``):
+  the mean of the per-seed differences ``method_s − scratch_s`` ± their standard error
+  ``stdev(d) / sqrt(n)``. Runs of two methods with the same seed share the LA labels, the head's
+  initialisation and the data order and augmentation, so seed-to-seed variation common to both
+  cancels in ``d``; this is the test that matches the design. Only seeds present in both groups
+  count; with fewer than two shared seeds the paired standard error is undefined (``None``).
 """
 
 from __future__ import annotations
@@ -61,12 +72,33 @@ def summarize(metrics_files: list[str | Path]) -> dict:
             comp[f"{k}_diff"] = e[f"{k}_mean"] - base[f"{k}_mean"]
             # standard error of a difference of two independent means
             comp[f"{k}_diff_se"] = math.sqrt(e[f"{k}_std"] ** 2 / e["n_seeds"] + base[f"{k}_std"] ** 2 / base["n_seeds"])
+        comp.update(paired_difference(runs, e["method"], "scratch", e["protocol"]))
         comparisons.append(comp)
     return {"runs": runs, "groups": groups, "comparisons": comparisons}
 
 
+def paired_difference(runs: list[dict], method: str, base: str, protocol: str) -> dict:
+    """Mean of per-seed differences ``method − base`` over the seeds both ran, ± its standard error
+    (sample std of the differences / sqrt(n); ``None`` with fewer than two shared seeds)."""
+    by_seed = {m: {r["seed"]: r for r in runs if r["method"] == m and r["protocol"] == protocol}
+               for m in (method, base)}
+    seeds = sorted(set(by_seed[method]) & set(by_seed[base]))
+    out: dict = {"paired_seeds": seeds}
+    for k in KEYS:
+        d = [by_seed[method][s][k] - by_seed[base][s][k] for s in seeds]
+        out[f"{k}_paired_diff"] = statistics.fmean(d) if d else None
+        out[f"{k}_paired_diff_se"] = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else None
+    return out
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
+
+
+def _paired_cell(diff: float | None, se: float | None) -> str:
+    if diff is None:
+        return "—"
+    return f"{100 * diff:+.2f}" + ("" if se is None else f" ± {100 * se:.2f}")
 
 
 def markdown(summary: dict, cfg: Params, out_dir: Path, run_dirs: list[Path]) -> str:
@@ -87,12 +119,18 @@ def markdown(summary: dict, cfg: Params, out_dir: Path, run_dirs: list[Path]) ->
                      + " | ".join(cells) + f" | {'yes' if e['uses_gt_labels'] else 'no'} |")
     if summary["comparisons"]:
         lines += ["", "## Pre-training vs scratch (same protocol, data and budget)", "",
-                  "Difference of means ± its standard error.", "",
-                  "| protocol | method | ΔmIoU | ΔmAcc | ΔallAcc |", "|---|---|---|---|---|"]
+                  "Δ = difference of means ± its standard error (independent samples); paired Δ = mean of "
+                  "the per-seed differences ± its standard error (runs with the same seed share LA labels, "
+                  "head initialisation and data order, so this is the matching test).", "",
+                  "| protocol | method | ΔmIoU | paired ΔmIoU | ΔmAcc | paired ΔmAcc | ΔallAcc | paired ΔallAcc "
+                  "| paired seeds |", "|---|---|---|---|---|---|---|---|---|"]
         for c in summary["comparisons"]:
-            cells = [f"{100 * c[f'{k}_diff']:+.2f} ± {100 * c[f'{k}_diff_se']:.2f}" for k in KEYS]
+            cells = []
+            for k in KEYS:
+                cells.append(f"{100 * c[f'{k}_diff']:+.2f} ± {100 * c[f'{k}_diff_se']:.2f}")
+                cells.append(_paired_cell(c.get(f"{k}_paired_diff"), c.get(f"{k}_paired_diff_se")))
             lines.append(f"| {PROTOCOL_NAMES.get(c['protocol'], c['protocol'])} | {c['method']} | "
-                         + " | ".join(cells) + " |")
+                         + " | ".join(cells) + f" | {len(c.get('paired_seeds', []))} |")
     lines += ["", "## Runs", "", "| protocol | method | seed | mIoU | mAcc | allAcc |", "|---|---|---|---|---|---|"]
     for r in summary["runs"]:
         lines.append(f"| {r['protocol']} | {r['method']} | {r['seed']} | " + " | ".join(_pct(r[k]) for k in KEYS) + " |")
@@ -236,6 +274,7 @@ def report(cfg: Params, metrics_files: list[str], out_dir: str | Path, reference
     for name, e in summary["groups"].items():
         log.info("%s: mIoU %.2f ± %.2f over %d seeds", name, 100 * e["mIoU_mean"], 100 * e["mIoU_std"], e["n_seeds"])
     for c in summary["comparisons"]:
-        log.info("%s vs scratch (%s): ΔmIoU %+.2f ± %.2f", c["method"], c["protocol"], 100 * c["mIoU_diff"],
-                 100 * c["mIoU_diff_se"])
+        log.info("%s vs scratch (%s): ΔmIoU %+.2f ± %.2f; paired %s over %d seeds", c["method"], c["protocol"],
+                 100 * c["mIoU_diff"], 100 * c["mIoU_diff_se"],
+                 _paired_cell(c["mIoU_paired_diff"], c["mIoU_paired_diff_se"]), len(c["paired_seeds"]))
     return summary

@@ -7,9 +7,18 @@ A teacher maps RGB frames to a dense feature map::
     teacher.extract(images)     # both, under no_grad, in eval mode
 
 The feature map always covers the *whole* frame: a frame of any size is resized (bilinear,
-antialiased, aspect ratio not preserved) to ``input_size`` and feature cell (i, j) covers input
-pixels [i*stride, (i+1)*stride) x [j*stride, (j+1)*stride). ``input_size`` should therefore be a
-multiple of ``stride`` (the registry enforces it), so that the map lines up with the image.
+antialiased, aspect ratio not preserved) to ``input_size``. ``input_size`` should be a multiple of
+``stride`` (the registry enforces it), so that the map lines up with the image.
+
+Cell geometry belongs to the teacher: feature cell (i, j) is centred at input pixel
+``(cell_offset + stride * i, cell_offset + stride * j)`` (row, column; pixel k's centre at k).
+For a patch embedding (kernel = stride, no padding: the ViTs) a cell tiles its patch and
+``cell_offset = (stride - 1) / 2``; a padded CNN (ResNet: 7x7/s2 p3, 3x3/s2 p1, stride on 3x3 p1)
+keeps output j centred on input 2j at every stride-2 step, so its cells are centred at
+``stride * i`` (offset 0) — half a cell (15.5 px at layer4) from the patch convention. The offset
+is recorded in the feature cache's meta.json, and every consumer that samples the map (PPKT)
+goes through ``teachers.cache.pixel_to_grid`` with it; tests check it against the centroid of
+the input gradient of one output cell.
 """
 
 from __future__ import annotations
@@ -128,6 +137,12 @@ class Teacher(nn.Module, metaclass=abc.ABCMeta):
     # -------------------------------------------------------------------------------- geometry
 
     @property
+    def cell_offset(self) -> float:
+        """Input-pixel coordinate of feature cell 0's centre (see the module docstring); cell i is
+        centred at ``cell_offset + stride * i``. Patch embeddings: ``(stride - 1) / 2``."""
+        return (self.stride - 1) / 2
+
+    @property
     def feature_size(self) -> tuple[int, int]:
         """(h, w) of the feature map for ``input_size``."""
         h, w = self.input_size
@@ -177,6 +192,7 @@ class Teacher(nn.Module, metaclass=abc.ABCMeta):
             "layer": self.layer,
             "dim": self.dim,
             "stride": self.stride,
+            "cell_offset": float(self.cell_offset),
             "input_size": [self.input_size[0], self.input_size[1]],
             "feature_size": [h, w],
             "mean": list(self.mean),

@@ -11,16 +11,18 @@ with ``key = f"{name}-{layer}-{H}x{W}"`` (``cache_key``). Each npz is uncompress
 written to a temporary name and renamed when complete.
 
 Pixel ↔ feature alignment. The teacher sees the *whole* frame resized to its input size (no crop,
-no padding), and the input size is a multiple of the stride, so the (h, w) feature map tiles the
-whole frame: feature cell (i, j) covers frame rows [i·h0/h, (i+1)·h0/h) and columns
-[j·w0/w, (j+1)·w0/w) of a w0×h0 frame. With ``grid_sample(align_corners=False)`` the map spans
-the normalised square [-1, 1]² edge to edge, so the pixel (u, v) (column u, row v, its centre at
-(u+0.5, v+0.5)) sits at::
+no padding). Where each feature cell is centred is the teacher's property (``Teacher.cell_offset``,
+recorded in meta.json as ``cell_offset``): cell i is centred at input pixel ``cell_offset +
+stride·i``. A frame pixel u (of w0 columns) sits at input pixel ``x = (u + 0.5)·W/w0 − 0.5``, i.e.
+at cell coordinate ``c = (x − cell_offset) / stride``, which ``grid_sample(align_corners=False)``
+addresses as ``(2c + 1)/w − 1`` (``pixel_to_grid``; the same for rows). For a patch teacher
+(``cell_offset = (stride − 1)/2``) this reduces to::
 
-    x = (u + 0.5) / w0 · 2 − 1,    y = (v + 0.5) / h0 · 2 − 1          (``pixel_to_grid``)
+    x = (u + 0.5) / w0 · 2 − 1,    y = (v + 0.5) / h0 · 2 − 1
 
-independent of the teacher's input size or stride. Sample with e.g.
-``F.grid_sample(feat[None].float(), grid.view(1, 1, -1, 2), mode="bilinear", align_corners=False)``.
+independent of the input size; for the padded ResNet it is half a cell to the left/top. Sample
+with e.g. ``F.grid_sample(feat[None].float(), grid.view(1, 1, -1, 2), mode="bilinear",
+align_corners=False)``. ``pixel_to_cell`` gives the nearest cell (PPKT's one-pair-per-cell sampling).
 """
 
 from __future__ import annotations
@@ -47,19 +49,66 @@ _NPZ_KEYS = ("features", "frame_ids")
 # ----------------------------------------------------------------------------------- geometry
 
 
-def pixel_to_grid(uv, width: int, height: int):
+def cell_geometry(meta: dict, source: str | Path = "meta.json") -> dict:
+    """``{"stride", "cell_offset", "input_size", "feature_size"}`` of a cache's meta.json (or
+    ``Teacher.metadata()``); DataError naming ``source`` when a key is missing or malformed."""
+    try:
+        geo = {"stride": float(meta["stride"]), "cell_offset": float(meta["cell_offset"]),
+               "input_size": [int(v) for v in meta["input_size"]],
+               "feature_size": [int(v) for v in meta["feature_size"]]}
+    except KeyError as e:
+        raise DataError(source, f"feature-cache metadata lacks {e.args[0]!r} (the teacher's cell geometry)",
+                        "the cache predates cell geometry: delete the folder and re-run `pretrain3d features`") from None
+    except (TypeError, ValueError) as e:
+        raise DataError(source, f"feature-cache metadata has a malformed cell geometry ({e})") from None
+    if geo["stride"] <= 0 or len(geo["input_size"]) != 2 or len(geo["feature_size"]) != 2 \
+            or min(geo["input_size"] + geo["feature_size"]) <= 0:
+        raise DataError(source, f"feature-cache metadata has an invalid cell geometry: {geo}")
+    return geo
+
+
+def _cell_coords(uv, width: int, height: int, geometry: dict | None):
+    """Continuous (column, row) cell coordinates of frame pixels (cell k's centre at k), and the
+    map's (w, h); without a geometry the frame's own pixels are the cells."""
+    is_t = isinstance(uv, torch.Tensor)
+    if is_t:
+        uv = uv.to(torch.float32) if not uv.is_floating_point() else uv
+    else:
+        uv = np.asarray(uv)
+        uv = uv.astype(np.float32) if not np.issubdtype(uv.dtype, np.floating) else uv
+    if geometry is None:  # cells tile the frame (patch teachers): cell coordinate = pixel centre scaled
+        return uv, (float(width), float(height))
+    H, W = geometry["input_size"]
+    h, w = geometry["feature_size"]
+    S, off = geometry["stride"], geometry["cell_offset"]
+    scale = [W / width / S, H / height / S]
+    shift = [(-0.5 - off) / S, (-0.5 - off) / S]
+    if is_t:
+        sc = torch.tensor(scale, dtype=uv.dtype, device=uv.device)
+        sh = torch.tensor(shift, dtype=uv.dtype, device=uv.device)
+    else:
+        sc, sh = np.array(scale, dtype=uv.dtype), np.array(shift, dtype=uv.dtype)
+    return (uv + 0.5) * sc + sh, (float(w), float(h))
+
+
+def pixel_to_grid(uv, width: int, height: int, geometry: dict | None = None):
     """Pixel coordinates (..., 2) = (u column, v row) of a ``width`` x ``height`` frame →
     normalised (x, y) for ``grid_sample(align_corners=False)`` over that frame's cached feature
-    map: ((u+0.5)/width·2−1, (v+0.5)/height·2−1). Accepts numpy arrays or tensors (returns the
-    same kind, floating point)."""
-    if isinstance(uv, torch.Tensor):
-        uv = uv.to(torch.float32) if not uv.is_floating_point() else uv
-        scale = torch.tensor([2.0 / width, 2.0 / height], dtype=uv.dtype, device=uv.device)
-        return (uv + 0.5) * scale - 1.0
-    uv = np.asarray(uv)
-    uv = uv.astype(np.float32) if not np.issubdtype(uv.dtype, np.floating) else uv
-    scale = np.array([2.0 / width, 2.0 / height], dtype=uv.dtype)
-    return (uv + 0.5) * scale - 1.0
+    map, with the teacher's cell geometry (``cell_geometry(meta)``; see the module docstring).
+    ``geometry=None``: cells tile the frame (patch teachers), ((u+0.5)/width·2−1, (v+0.5)/height·2−1).
+    Accepts numpy arrays or tensors (returns the same kind, floating point)."""
+    c, (w, h) = _cell_coords(uv, width, height, geometry)
+    sz = [2.0 / w, 2.0 / h]
+    sz = torch.tensor(sz, dtype=c.dtype, device=c.device) if isinstance(c, torch.Tensor) else np.array(sz, c.dtype)
+    return (c + 0.5) * sz - 1.0
+
+
+def pixel_to_cell(uv, width: int, height: int, geometry: dict) -> np.ndarray:
+    """(..., 2) integer (column, row) of the feature cell whose centre is nearest to each pixel
+    (clipped to the map), with the teacher's cell geometry."""
+    c, (w, h) = _cell_coords(np.asarray(uv, dtype=np.float64), width, height, geometry)
+    cell = np.floor(c + 0.5).astype(np.int64)
+    return np.stack([np.clip(cell[..., 0], 0, int(w) - 1), np.clip(cell[..., 1], 0, int(h) - 1)], axis=-1)
 
 
 # --------------------------------------------------------------------------------------- paths

@@ -118,6 +118,13 @@ class ResNetTeacher(Teacher):
         self.net = resnet50()
 
     @property
+    def cell_offset(self) -> float:
+        # Padded convolutions (k7 s2 p3, k3 s2 p1, k3 s2 p1, k1 s2): output j is centred on input 2j
+        # at every stride-2 step, so cell i sits at stride * i (measured: the |grad| centroid of
+        # layer4 cell 3 at 224 x 224 is at ~96 px, not the patch convention's 111.5).
+        return 0.0
+
+    @property
     def feature_size(self) -> tuple[int, int]:
         # every stride-2 step (7x7/s2 conv, 3x3/s2 max-pool, 3x3/s2 conv) maps n → ceil(n/2)
         def down(n: int) -> int:
