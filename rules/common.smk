@@ -75,6 +75,8 @@ def start_pipeline_run():
         # dvc repro runs one Snakemake per stage: they share one parent, found by pipeline_key.
         run_id = mlflow_runs.find_or_start_dvc_parent(
             PARAMS.tracking, tags["pipeline_key"], f"dvc-{PARAMS.experiment.name}", tags)
+        mlflow_runs.reopen_parent(PARAMS.tracking, run_id)
+        OWN_PARENT.append(run_id)  # ended by this stage; the next one reopens it
     else:
         run_id = mlflow_runs.start_parent(PARAMS.tracking, f"pipeline-{PARAMS.experiment.name}", tags)
         OWN_PARENT.append(run_id)

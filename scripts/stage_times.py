@@ -26,7 +26,9 @@ def main() -> None:
     for f in sorted(Path(args.dir).rglob("*.tsv")):
         if f.stat().st_mtime < args.since:
             continue
-        rule = f.relative_to(args.dir).parts[0].removesuffix(".tsv")
+        # benchmarks/<rule>.tsv (data jobs) or benchmarks/<experiment>/<rule>[/<job>].tsv
+        parts = f.relative_to(args.dir).parts
+        rule = (parts[0] if len(parts) == 1 else parts[1]).removesuffix(".tsv")
         with open(f) as fh:
             for r in csv.DictReader(fh, delimiter="\t"):
                 rows[rule].append((f.stem, float(r["s"]), float(r.get("max_rss") or "nan")))

@@ -38,14 +38,15 @@ def test_dvc_stages_build_exactly_the_snakemake_jobs(tmp_path):
     # pretrain_only as in params.yaml, so its DVC stage (a matrix indexed by the first seed) is covered
     wd = make_workdir(tmp_path, git=True, extra={"experiment": {"pretrain_only": ["ponderv2_semantic"]}})
     shutil.copytree(REPO / ".dvc", wd / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    run([sys.executable, "-m", "pretrain3d.cli", "dvc-yaml"], wd)  # this workdir's params.yaml
     stages = _dvc_stages(wd)
-    targets = sorted({t for cmd, _ in stages.values() for t in cmd.split()[3:]})
+    targets = sorted({t for cmd, _ in stages.values() for t in cmd.split()[4:]})
     jobs = [(r, o) for r, o in _snakemake_jobs(wd, targets) if r != "all"]
     assert jobs and stages
     matched = set()
     for name, (cmd, outs) in stages.items():
-        assert cmd.startswith("snakemake --cores all "), f"{name}: a DVC stage must only ask Snakemake"
-        targets = set(cmd.split()[3:])
+        assert cmd.startswith("snakemake --cores all --force "), f"{name}: a DVC stage must only ask Snakemake"
+        targets = set(cmd.split()[4:])
         job = [j for j in jobs if targets <= j[1]]
         assert len(job) == 1, f"{name}: targets {targets} are not the outputs of one Snakemake job"
         assert outs == job[0][1], f"{name}: DVC outs {sorted(outs)} != Snakemake outputs {sorted(job[0][1])}"
@@ -58,6 +59,7 @@ def test_dvc_stages_build_exactly_the_snakemake_jobs(tmp_path):
 def test_dvc_repro_metrics_and_experiment(tmp_path):
     wd = make_workdir(tmp_path, git=True, extra={"experiment": {"seeds": [0]}})
     shutil.copytree(REPO / ".dvc", wd / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    run([sys.executable, "-m", "pretrain3d.cli", "dvc-yaml"], wd)
     shutil.copy2(REPO / ".dvcignore", wd / ".dvcignore")
     shutil.copy2(REPO / ".gitignore", wd / ".gitignore")
     dvc = [sys.executable, "-m", "dvc"]
@@ -72,10 +74,12 @@ def test_dvc_repro_metrics_and_experiment(tmp_path):
         tags.setdefault(run_uuid, {})[key] = value
     parents = [r for r, t in tags.items() if t.get("run_type") == "pipeline"]
     assert len(parents) == 1 and tags[parents[0]].get("launcher") == "dvc"
+    # the last stage's Snakemake ended the shared parent: not RUNNING forever
+    assert con.execute("select status from runs where run_uuid = ?", parents[:1]).fetchone()[0] == "FINISHED"
     children = [r for r, t in tags.items() if t.get("mlflow.parentRunId") == parents[0]]
-    # generate, preprocess, features, pretrain (scratch init), finetune, evaluate, report
+    # generate, preprocess, pretrain (scratch init), finetune, evaluate, report (no 2D features: scratch only)
     assert sorted(tags[c]["job"] for c in children) == sorted(
-        ["generate", "preprocess", "features", "pretrain", "finetune", "evaluate", "report"])
+        ["generate", "preprocess", "pretrain", "finetune", "evaluate", "report"])
     shown = run([*dvc, "metrics", "show"], wd).stdout
     assert "mIoU" in shown, shown
     # Snakemake agrees that everything is up to date.
@@ -88,31 +92,9 @@ def test_dvc_repro_metrics_and_experiment(tmp_path):
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline"], wd)
     exp = run([*dvc, "exp", "run", "-S", "train.lr=0.02"], wd)
     text = exp.stdout + exp.stderr
-    assert "Running stage 'finetune@scratch-full-0'" in text
+    assert "Running stage 'finetune-full@scratch-0'" in text
     assert "Running stage 'evaluate@scratch-full-0'" in text
-    for upstream in ("generate", "preprocess", "features", "pretrain@scratch-0"):
+    for upstream in ("generate_synthetic", "preprocess", "pretrain-scratch@0"):
         assert f"Running stage '{upstream}'" not in text
     diff = run([*dvc, "metrics", "diff", "--all"], wd).stdout
     assert "mIoU" in diff
-
-
-def test_dvc_params_exist_and_preprocess_tracks_ingestion_options():
-    """Every DVC param is a key of params.yaml (DVC refuses a missing one); preprocess lists every ScanNet
-    ingestion option — all of data.scannet but la_file / lr_file, as rules/data.smk — and finetune those two."""
-    import yaml
-
-    from pretrain3d.config import ScanNetConfig
-
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for name, stage in stages.items():
-        for key in stage.get("params", []):
-            node = params
-            for part in key.split("."):
-                assert isinstance(node, dict) and part in node, f"{name}: param {key} is not in params.yaml"
-                node = node[part]
-    benchmark = {"data.scannet.la_file", "data.scannet.lr_file"}
-    pre = set(stages["preprocess"]["params"])
-    assert {f"data.scannet.{k}" for k in ScanNetConfig.model_fields} - benchmark <= pre and "data.s3dis" in pre
-    assert not (benchmark | {"data.scannet", "data"}) & pre  # a la/lr change must not rebuild the processed data
-    assert benchmark <= set(stages["finetune"]["params"])

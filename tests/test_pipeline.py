@@ -27,7 +27,7 @@ def finished(tmp_path_factory):
 
 def test_pipeline_outputs(finished):
     wd = finished
-    summary = json.loads((wd / "results/summary.json").read_text())
+    summary = json.loads((wd / "results/tiny/summary.json").read_text())
     for m in METHODS:
         for p in ("la", "probe"):
             assert summary["groups"][f"{m}/{p}"]["n_seeds"] == 2
@@ -38,25 +38,25 @@ def test_pipeline_outputs(finished):
     meta = json.loads(next((wd / "data/features").glob("*/meta.json")).read_text())
     assert meta["name"] == "dinov2_vits14" and meta["dim"] == 384
     for method, protocol, seed in RUNS:
-        d = wd / f"results/runs/{method}/{protocol}/seed{seed}"
+        d = wd / f"results/tiny/runs/{method}/{protocol}/seed{seed}"
         m = json.loads((d / "metrics.json").read_text())
         assert 0.0 <= m["mIoU"] <= 1.0 and m["num_points"] > 0
         for png in ("confusion.png", "render.png"):
             assert (d / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    report = (wd / "results/report.md").read_text()
+    report = (wd / "results/tiny/report.md").read_text()
     assert "scratch" in report and "ppkt" in report and "±" in report and "render.png" in report
     assert "Pre-training vs scratch" in report
     # PonderV2: held-out renders re-made from the saved renderer, and the real-data check (a recorded
     # skip here: the 7-Scenes path is relative to the repository, not this work dir)
     for m in ("ponderv2", "ponderv2_semantic"):
-        assert (wd / f"results/renders/{m}-seed0.png").read_bytes()[:4] == b"\x89PNG"
+        assert (wd / f"results/tiny/renders/{m}-seed0.png").read_bytes()[:4] == b"\x89PNG"
         assert f"renders/{m}-seed0.png" in report
-        log = json.loads((wd / f"results/pretrain/{m}/seed0/pretrain_log.json").read_text())
+        log = json.loads((wd / f"results/tiny/pretrain/{m}/seed0/pretrain_log.json").read_text())
         assert log["uses_gt_labels"] is (m == "ponderv2_semantic") and log["steps"] == 4
-    real = json.loads((wd / "results/ponderv2_real/render.json").read_text())
+    real = json.loads((wd / "results/tiny/ponderv2_real/render.json").read_text())
     assert real["status"] == "skipped" and "Real RGB-D**: skipped" in report
     # every rule logged, and nothing half-written left behind
-    assert (wd / "logs/report.log").exists()
+    assert (wd / "logs/tiny/report.log").exists()
     assert not list(wd.rglob(".*.tmp"))
 
 

@@ -93,6 +93,29 @@ def test_rerun_of_a_finished_run_trains_again(tiny_cfg_file, tmp_path):
     assert load_checkpoint(out / "model.pt")["kind"] == "segmentor"
 
 
+def test_sigterm_ends_the_mlflow_run_killed(tiny_cfg_file, tmp_path):
+    """A cancelled job (SIGTERM from a scheduler or Snakemake) leaves its MLflow run KILLED, not RUNNING."""
+    import sqlite3
+
+    cfg = yaml.safe_load(tiny_cfg_file.read_text())
+    cfg["tracking"] = {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                       "artifact_root": str(tmp_path / "art")}
+    cfg_file = tmp_path / "params.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_finetune_cmd(cfg_file, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not (out / "checkpoint" / "last.pt").exists():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    con = sqlite3.connect(tmp_path / "mlflow.db")
+    statuses = [r[0] for r in con.execute("select status from runs")]
+    assert statuses == ["KILLED"], statuses
+
+
 def test_checkpoint_loading_is_strict(tiny_cfg_file, tmp_path):
     out = tmp_path / "run"
     subprocess.run(_finetune_cmd(tiny_cfg_file, out), check=True, capture_output=True)

@@ -254,3 +254,29 @@ def test_user_raw_data_is_never_deleted_and_download_settings_rerun_nothing(tmp_
     ws2.set_params(**{"data.download.retries": 7, "data.download.timeout": 5.0,
                       "data.download.cache_dir": "elsewhere"})
     assert ws2.planned() == {} and ws2.dvc_changed() == set()
+
+
+def test_moving_the_repository_keeps_mlflow_logging_working(tmp_path):
+    """MLflow stores absolute artifact paths; after moving the repository (store + artifacts), logging
+    and the old runs' artifacts follow the move."""
+    import mlflow
+
+    from pretrain3d.config import TrackingConfig
+    from pretrain3d.tracking import mlflow_runs
+
+    cfg = TrackingConfig(uri="sqlite:///mlflow.db", artifact_root="mlartifacts", experiment="moved")
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "note.txt").write_text("x")
+    with mlflow_runs.job_run(cfg, "first", {}, {}, root=a) as run:
+        run.log_artifact(a / "note.txt")
+    a.rename(b)
+    with mlflow_runs.job_run(cfg, "second", {}, {}, root=b) as run:
+        run.log_artifact(b / "note.txt")
+    exp = mlflow.get_experiment_by_name("moved")
+    assert exp.artifact_location == (b / "mlartifacts").resolve().as_uri()
+    runs = mlflow.search_runs([exp.experiment_id], output_format="list")
+    assert len(runs) == 2
+    for r in runs:
+        assert r.info.artifact_uri.startswith(exp.artifact_location)
+        assert (Path(r.info.artifact_uri.removeprefix("file://")) / "note.txt").read_text() == "x"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,9 +42,11 @@ def setup(tracking_cfg, root: str | Path = "."):
     logging.getLogger("alembic").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(resolve_uri(tracking_cfg.uri, root))
     exp = mlflow.get_experiment_by_name(tracking_cfg.experiment)
-    if exp is not None:
-        return exp.experiment_id
     art = Path(root, tracking_cfg.artifact_root).resolve().as_uri()
+    if exp is not None:
+        if exp.artifact_location != art:
+            _follow_moved_repository(tracking_cfg.uri, root, exp.artifact_location, art)
+        return exp.experiment_id
     try:
         return mlflow.create_experiment(tracking_cfg.experiment, artifact_location=art)
     except Exception:  # created meanwhile by a concurrent job
@@ -51,6 +54,25 @@ def setup(tracking_cfg, root: str | Path = "."):
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def _follow_moved_repository(uri: str, root: str | Path, old: str, new: str) -> None:
+    """MLflow stores absolute artifact locations. When the repository (store and artifacts together) was
+    moved, the old location no longer exists: rewrite it to the new one in the sqlite store, for the
+    experiment and its runs, so logging and the UI keep working. Another existing location is left alone."""
+    import sqlite3
+    from urllib.parse import urlparse
+
+    prefix = "sqlite:///"
+    old_path = Path(urlparse(old).path) if old.startswith("file:") else None
+    if not uri.startswith(prefix) or old_path is None or old_path.exists() or not Path(urlparse(new).path).exists():
+        return
+    db = resolve_uri(uri, root)[len(prefix):]
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as con, con:
+        con.execute("update experiments set artifact_location = ? where artifact_location = ?", (new, old))
+        con.execute("update runs set artifact_uri = ? || substr(artifact_uri, ?) "
+                    "where substr(artifact_uri, 1, ?) = ?", (new, len(old) + 1, len(old), old))
+    log.info("MLflow store %s: artifact location moved from %s to %s", db, old, new)
 
 
 def start_parent(tracking_cfg, run_name: str, tags: dict[str, str], params: dict[str, Any] | None = None,
@@ -88,6 +110,36 @@ def end_parent(tracking_cfg, run_id: str, status: str = "FINISHED", root: str | 
 
     setup(tracking_cfg, root)
     MlflowClient().set_terminated(run_id, status=status)
+
+
+def reopen_parent(tracking_cfg, run_id: str, root: str | Path = ".") -> None:
+    """A DVC repro's parent is ended by each stage's Snakemake (so the last one leaves it FINISHED or
+    FAILED, never RUNNING forever) and marked RUNNING again by the next stage."""
+    from mlflow import MlflowClient
+
+    setup(tracking_cfg, root)
+    MlflowClient().update_run(run_id, status="RUNNING")
+
+
+class Terminated(SystemExit):
+    """SIGTERM (a scheduler's cancel, Snakemake stopping its jobs) turned into an exception, so that
+    context managers run and the MLflow run ends KILLED instead of staying RUNNING forever."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    def handler(signum, frame):
+        raise Terminated(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
@@ -145,7 +197,12 @@ def job_run(tracking_cfg, run_name: str, tags: dict[str, str], params: dict[str,
         parent = find_or_start_dvc_parent(tracking_cfg, tags.get("pipeline_key", tags.get("config_hash", "")),
                                           run_name=f"dvc-{tags.get('config_hash', '')}", tags=tags, root=root)
     exp = mlflow.get_experiment_by_name(tracking_cfg.experiment)
-    with mlflow.start_run(run_name=run_name, experiment_id=exp.experiment_id, parent_run_id=parent,
-                          tags={**tags, "run_type": tags.get("run_type", "job")}) as run:
+    with _sigterm_raises(), mlflow.start_run(run_name=run_name, experiment_id=exp.experiment_id,
+                                             parent_run_id=parent,
+                                             tags={**tags, "run_type": tags.get("run_type", "job")}) as run:
         _log_params(MlflowClient(), run.info.run_id, params)
-        yield JobRun(run.info.run_id)
+        try:
+            yield JobRun(run.info.run_id)
+        except Terminated:
+            mlflow.end_run("KILLED")  # the with-block then finds no active run and changes nothing
+            raise

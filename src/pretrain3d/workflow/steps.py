@@ -196,9 +196,10 @@ def _ingest_inputs(cfg: Params, w: Wildcards) -> dict[str, Any]:
 
 
 def _finetune_fields(cfg: Params, w: Wildcards) -> tuple[str, ...]:
-    per_protocol = {"la": ("protocols.la_points", "data.scannet.la_file"),
+    per_protocol = {"la": ("protocols.la_points", "protocols.la_voxel_label", "data.scannet.la_file"),
                     "lr": ("protocols.lr_fraction", "data.scannet.lr_file"),
-                    "probe": ("protocols.probe_epochs", "protocols.probe_lr"), "full": ()}
+                    "probe": ("protocols.probe_epochs", "protocols.probe_lr", "protocols.probe_features"),
+                    "full": ()}
     return ("model", "train", "data.num_classes") + per_protocol[w["protocol"]]
 
 
