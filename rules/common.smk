@@ -19,9 +19,17 @@ if os.environ.get("DVC_STAGE"):
 
 # Every job reads the resolved config (so overlays and --config overrides reach the stages) from a
 # content-addressed file that onstart writes atomically: a dry run or --lint writes nothing, and a
-# second invocation with another config can never change the config of a running one. The path is a
-# global of the shell commands, not a param, so it is no rerun trigger; the params below are.
+# second invocation with another config can never change the config of a running one. Jobs get the
+# path from the environment (declared in envvars, so cluster executors pass it on): as a param it
+# would be a rerun trigger for every job, and the params below are the exact triggers.
 RESOLVED_CONFIG = f".pretrain3d/config-{config_hash(PARAMS)}.yaml"
+os.environ["PRETRAIN3D_CONFIG"] = RESOLVED_CONFIG
+
+
+envvars:
+    "PRETRAIN3D_CONFIG",
+
+
 RESULTS = W.results_dir(PARAMS)
 LOGS = f"logs/{PARAMS.experiment.name}"  # per experiment, like the results
 BENCH = f"benchmarks/{PARAMS.experiment.name}"
@@ -56,6 +64,13 @@ def step_params(name):
     """The config fields the step reads, {dotted key: value}: Snakemake's params trigger."""
     step = W.STEPS[name]
     return lambda wildcards: step.field_values(PARAMS, dict(wildcards.items()))
+
+
+def _real_check_inputs(wildcards):
+    # The fixture is an input only where it exists: when it appears, Snakemake's input trigger reruns
+    # the check (it was a recorded skip before). DVC sees data.sevenscenes.root as a param only.
+    root = PARAMS.data.sevenscenes.root
+    return {"fixture": [root] if os.path.isdir(root) else []}
 
 
 OWN_PARENT = []  # the parent run this invocation created (and so must end)

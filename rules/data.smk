@@ -19,7 +19,7 @@ if PARAMS.data.dataset == "synthetic" and not PARAMS.data.download.enabled:
         conda:
             "../envs/cpu.yaml"
         shell:
-            "pretrain3d generate --config {RESOLVED_CONFIG} > {log} 2>&1"
+            "pretrain3d generate --config $PRETRAIN3D_CONFIG > {log} 2>&1"
 
 
 rule preprocess:
@@ -37,7 +37,7 @@ rule preprocess:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d preprocess --config {RESOLVED_CONFIG} > {log} 2>&1"
+        "pretrain3d preprocess --config $PRETRAIN3D_CONFIG > {log} 2>&1"
 
 
 rule preprocess_sevenscenes:
@@ -55,5 +55,5 @@ rule preprocess_sevenscenes:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d preprocess sevenscenes --config {RESOLVED_CONFIG} --raw-root {input}"
+        "pretrain3d preprocess sevenscenes --config $PRETRAIN3D_CONFIG --raw-root {input}"
         " --out-root {output}/redkitchen > {log} 2>&1"

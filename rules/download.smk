@@ -21,4 +21,4 @@ if PARAMS.data.download.enabled:
         conda:
             "../envs/cpu.yaml"
         shell:
-            "pretrain3d download --config {RESOLVED_CONFIG} > {log} 2>&1"
+            "pretrain3d download --config $PRETRAIN3D_CONFIG > {log} 2>&1"

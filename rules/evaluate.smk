@@ -9,14 +9,14 @@ rule evaluate:
     params:
         fields=step_params("evaluate"),
     log:
-        LOGS + "/evaluate/{method}-{protocol}-seed{seed}.log",
+        f"{LOGS}/evaluate/{{method}}-{{protocol}}-seed{{seed}}.log",
     benchmark:
-        BENCH + "/evaluate/{method}-{protocol}-seed{seed}.tsv"
+        f"{BENCH}/evaluate/{{method}}-{{protocol}}-seed{{seed}}.tsv"
     threads: PARAMS.train.threads
     priority: 5
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d evaluate --config {RESOLVED_CONFIG} --model {input.model} --method {wildcards.method}"
+        "pretrain3d evaluate --config $PRETRAIN3D_CONFIG --model {input.model} --method {wildcards.method}"
         " --protocol {wildcards.protocol} --seed {wildcards.seed}"
-        " --out-dir {RESULTS}/runs/{wildcards.method}/{wildcards.protocol}/seed{wildcards.seed} > {log} 2>&1"
+        " --out-dir $(dirname {output.metrics}) > {log} 2>&1"

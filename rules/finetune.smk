@@ -9,9 +9,9 @@ rule finetune:
     params:
         fields=step_params("finetune"),
     log:
-        LOGS + "/finetune/{method}-{protocol}-seed{seed}.log",
+        f"{LOGS}/finetune/{{method}}-{{protocol}}-seed{{seed}}.log",
     benchmark:
-        BENCH + "/finetune/{method}-{protocol}-seed{seed}.tsv"
+        f"{BENCH}/finetune/{{method}}-{{protocol}}-seed{{seed}}.tsv"
     threads: PARAMS.train.threads
     resources:
         gpu=0,
@@ -19,7 +19,7 @@ rule finetune:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d finetune --config {RESOLVED_CONFIG} --method {wildcards.method} --seed {wildcards.seed}"
+        "pretrain3d finetune --config $PRETRAIN3D_CONFIG --method {wildcards.method} --seed {wildcards.seed}"
         " --protocol {wildcards.protocol} --init-backbone {input.backbone}"
-        " --out-dir {RESULTS}/runs/{wildcards.method}/{wildcards.protocol}/seed{wildcards.seed}"
+        " --out-dir $(dirname {output.model})"
         " --no-progress > {log} 2>&1"

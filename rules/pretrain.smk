@@ -19,7 +19,7 @@ rule cache_features:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d features --config {RESOLVED_CONFIG} --no-progress > {log} 2>&1"
+        "pretrain3d features --config $PRETRAIN3D_CONFIG --no-progress > {log} 2>&1"
 
 
 rule pretrain:
@@ -30,23 +30,16 @@ rule pretrain:
     params:
         fields=step_params("pretrain"),
     log:
-        LOGS + "/pretrain/{method}-seed{seed}.log",
+        f"{LOGS}/pretrain/{{method}}-seed{{seed}}.log",
     benchmark:
-        BENCH + "/pretrain/{method}-seed{seed}.tsv"
+        f"{BENCH}/pretrain/{{method}}-seed{{seed}}.tsv"
     threads: PARAMS.train.threads
     priority: 20
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d pretrain --config {RESOLVED_CONFIG} --method {wildcards.method} --seed {wildcards.seed}"
-        " --out-dir {RESULTS}/pretrain/{wildcards.method}/seed{wildcards.seed} --no-progress > {log} 2>&1"
-
-
-def _real_check_inputs(wildcards):
-    # The fixture is an input only where it exists: when it appears, Snakemake's input trigger reruns
-    # the check (it was a recorded skip before). DVC sees data.sevenscenes.root as a param only.
-    root = PARAMS.data.sevenscenes.root
-    return {"fixture": [root] if os.path.isdir(root) else []}
+        "pretrain3d pretrain --config $PRETRAIN3D_CONFIG --method {wildcards.method} --seed {wildcards.seed}"
+        " --out-dir $(dirname {output.backbone}) --no-progress > {log} 2>&1"
 
 
 rule ponderv2_real_check:
@@ -60,12 +53,12 @@ rule ponderv2_real_check:
     params:
         fields=step_params("ponderv2_real_check"),
     log:
-        LOGS + "/ponderv2_real_check.log",
+        f"{LOGS}/ponderv2_real_check.log",
     benchmark:
-        BENCH + "/ponderv2_real_check.tsv"
+        f"{BENCH}/ponderv2_real_check.tsv"
     threads: PARAMS.train.threads
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d ponderv2-real-check --config {RESOLVED_CONFIG} --out-dir {RESULTS}/ponderv2_real --no-progress"
+        "pretrain3d ponderv2-real-check --config $PRETRAIN3D_CONFIG --out-dir $(dirname {output.png}) --no-progress"
         " > {log} 2>&1"

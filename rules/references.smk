@@ -16,5 +16,5 @@ rule log_references:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d log-references --config {RESOLVED_CONFIG} --references src/pretrain3d/tracking/paper_references.yaml"
+        "pretrain3d log-references --config $PRETRAIN3D_CONFIG --references src/pretrain3d/tracking/paper_references.yaml"
         " --out {output.references} > {log} 2>&1"

@@ -9,11 +9,11 @@ rule report:
     params:
         fields=step_params("report"),
     log:
-        LOGS + "/report.log",
+        f"{LOGS}/report.log",
     benchmark:
-        BENCH + "/report.tsv"
+        f"{BENCH}/report.tsv"
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d report --config {RESOLVED_CONFIG} --metrics {input.metrics} --references {input.references}"
-        " --renders {input.backbones} --real-check {input.real} --out-dir {RESULTS} > {log} 2>&1"
+        "pretrain3d report --config $PRETRAIN3D_CONFIG --metrics {input.metrics} --references {input.references}"
+        " --renders {input.backbones} --real-check {input.real} --out-dir $(dirname {output.summary}) > {log} 2>&1"

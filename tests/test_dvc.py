@@ -98,3 +98,26 @@ def test_dvc_repro_metrics_and_experiment(tmp_path):
         assert f"Running stage '{upstream}'" not in text
     diff = run([*dvc, "metrics", "diff", "--all"], wd).stdout
     assert "mIoU" in diff
+
+
+@pytest.mark.slow
+def test_after_a_snakemake_run_dvc_is_up_to_date_and_repro_trains_nothing(tmp_path):
+    """The README run then DVC, with the real stages on a tiny config: Snakemake's run is recorded in
+    dvc.lock, so `dvc status` is clean and `dvc repro` only hashes."""
+    wd = make_workdir(tmp_path, git=True, extra={"experiment": {"seeds": [0], "protocols": ["probe"]},
+                                                 "tracking": {"enabled": False}})
+    shutil.copytree(REPO / ".dvc", wd / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    run([sys.executable, "-m", "pretrain3d.cli", "dvc-yaml"], wd)
+    shutil.copy2(REPO / ".dvcignore", wd / ".dvcignore")
+    shutil.copy2(REPO / ".gitignore", wd / ".gitignore")
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], wd)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "dvc"], wd)
+    done = snakemake(["--cores", "2"], wd)
+    assert "DVC stage(s) in dvc.lock" in done.stderr
+    before = (wd / "results/tiny/runs/scratch/probe/seed0/metrics.json").read_text()
+    dvc = [sys.executable, "-m", "dvc"]
+    assert "up to date" in run([*dvc, "status"], wd).stdout
+    repro = run([*dvc, "repro"], wd)
+    assert "Running stage" not in repro.stdout, repro.stdout
+    assert (wd / "results/tiny/runs/scratch/probe/seed0/metrics.json").read_text() == before
+    assert "Nothing to be done" in snakemake(["-n", "--cores", "1"], wd).stdout
