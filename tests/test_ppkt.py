@@ -24,6 +24,8 @@ from pretrain3d.methods.ppkt import (
     UPL,
     PPKTDataset,
     PPKTModel,
+    _infonce_from_similarity,
+    false_negative_mask,
     load_pretrain_scenes,
     ppkt_collate,
     ppkt_infonce,
@@ -93,6 +95,42 @@ def test_infonce_matches_a_hand_computation():
     eye = torch.eye(4, dtype=torch.float64)
     assert ppkt_infonce(eye, eye, 0.01).item() < 1e-30
     assert abs(ppkt_infonce(eye, torch.ones(4, 4, dtype=torch.float64) / 2, 0.07).item() - math.log(4)) < 1e-9
+
+
+def test_masked_infonce_leaves_same_cell_and_same_voxel_pairs_out():
+    torch.manual_seed(0)
+    n, tau = 6, 0.07
+    f3d = F.normalize(torch.randn(n, 5, dtype=torch.float64), dim=1)
+    f2d = F.normalize(torch.randn(n, 5, dtype=torch.float64), dim=1)
+    key = torch.tensor([0, 0, 1, 2, 2, 3])  # (view, cell) keys: pairs 0/1 and 3/4 share a cell
+    vox = torch.tensor([10, 11, 12, 13, 14, 12])  # pairs 2 and 5 pair the same voxel (two views)
+    mask = false_negative_mask(key, vox)
+    want = torch.zeros(n, n, dtype=torch.bool)
+    for i, j in [(0, 1), (1, 0), (3, 4), (4, 3), (2, 5), (5, 2)]:
+        want[i, j] = True
+    assert torch.equal(mask, want)
+    # the positive is never masked, even when every pair shares one cell and one voxel
+    assert not false_negative_mask(torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)).diagonal().any()
+    # hand computation: each row's denominator runs over the positive and the unmasked pixels only
+    sim = f3d @ f2d.T
+    total = 0.0
+    for i in range(n):
+        s = [sim[i, j].item() / tau for j in range(n) if j == i or not want[i, j]]
+        total += -(sim[i, i].item() / tau - math.log(sum(math.exp(x) for x in s)))
+    got = _infonce_from_similarity(sim, tau, mask)
+    assert abs(got.item() - total / n) < 1e-12
+    # a masked pixel gets no gradient from the row it is masked in (same-cell pair 1 in row 0)
+    f2d_req = f2d.clone().requires_grad_(True)
+    s0 = f3d @ f2d_req.T
+    lse = torch.logsumexp((s0[0] / tau).masked_fill(mask[0], float("-inf")), dim=0)
+    (lse - s0[0, 0] / tau).backward()
+    assert f2d_req.grad[1].abs().max().item() == 0.0 and f2d_req.grad[2].abs().max().item() > 0
+    # with no shared cell and no shared voxel the mask is empty and the loss is plain InfoNCE, exactly
+    free = false_negative_mask(torch.arange(n), torch.arange(n) + 100)
+    assert not free.any()
+    assert torch.equal(_infonce_from_similarity(sim, tau, free), ppkt_infonce(f3d, f2d, tau))
+    with pytest.raises(ValueError, match="positive"):
+        _infonce_from_similarity(sim, tau, torch.eye(n, dtype=torch.bool))
 
 
 def test_select_pairs_prefers_distinct_voxels():
@@ -293,6 +331,47 @@ def test_dataset_pairs_are_consistent(tiny, points, sampling):
     assert (b["pair_frame"][:p0] < f0).all() and (b["pair_frame"][p0:] >= f0).all()
     assert b["sample_of_pair"].tolist() == [0] * p0 + [1] * (len(b["pair_voxel"]) - p0)
     assert b["feats2d"].dtype == torch.float32 and b["pair_stats"].shape == (2, len(PAIR_STAT_KEYS))
+
+
+def test_masked_sampling_keeps_the_pixel_pairs_and_masks_their_cells(tiny):
+    from pretrain3d.models.segmentor import build_backbone
+
+    tmp, cfg, cache = tiny
+    scenes = load_pretrain_scenes(cfg.data.processed_root, "train")
+
+    def dataset(sampling):
+        pc = cfg.pretrain.model_copy(update={"ppkt": cfg.pretrain.ppkt.model_copy(update={"pair_sampling": sampling})})
+        return PPKTDataset(scenes, cache, pc, cfg.train.grid_size)
+
+    pix, msk = dataset("pixel"), dataset("masked")
+    items = [msk[(0, 3)], msk[(1, 4)]]
+    for it, ref, s in zip(items, [pix[(0, 3)], pix[(1, 4)]], scenes):
+        assert "pair_cell" not in ref
+        for k in ("pair_voxel", "pair_pix", "pair_frame", "grid_coord", "feat"):  # the same pairs as `pixel`
+            torch.testing.assert_close(it[k], ref[k])
+        cells = pixel_to_cell(it["pair_pix"].numpy(), s.frames.width, s.frames.height, msk.geometry)
+        h, w = msk.geometry["feature_size"]
+        assert it["pair_cell"].tolist() == (cells[:, 1] * w + cells[:, 0]).tolist()
+    b = ppkt_collate(items)
+    torch.manual_seed(0)
+    model = PPKTModel(build_backbone(cfg.model), FEAT_DIM, EMBED, tau=0.07, mask_false_negatives=True)
+    loss, logs = model.loss(b)
+    # the mask, rebuilt from the pixels: same (batch frame, cell) or same batch voxel, never the diagonal
+    h, w = b["feats2d"].shape[-2:]
+    key = b["pair_frame"] * (h * w) + b["pair_cell"]
+    mask = false_negative_mask(key, b["pair_voxel"])
+    assert logs["masked_negatives"] == pytest.approx(mask.sum().item() / len(key)) and logs["masked_negatives"] > 1
+    same_cell = (key[:, None] == key[None, :]) & ~torch.eye(len(key), dtype=torch.bool)
+    assert mask[same_cell].all() and not mask.diagonal().any()
+    with torch.no_grad():
+        f3d = model.head(model.backbone(b)[b["pair_voxel"]])
+        f2d = model.upl(b["feats2d"], b["pair_frame"], b["pair_grid"])
+        sim = f3d @ f2d.T
+    torch.testing.assert_close(loss.detach(), _infonce_from_similarity(sim, 0.07, mask))
+    assert loss.item() < _infonce_from_similarity(sim, 0.07).item()  # fewer terms in every denominator
+    with pytest.raises(ValueError, match="pair_cell"):
+        PPKTModel(build_backbone(cfg.model), FEAT_DIM, EMBED, mask_false_negatives=True).loss(
+            {k: v for k, v in b.items() if k != "pair_cell"})
 
 
 def test_model_loss_logs_and_empty_batch(tiny):

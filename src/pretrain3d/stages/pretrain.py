@@ -80,7 +80,8 @@ def _ppkt_setup(cfg: Params, scenes: list) -> MethodSetup:
     pc = cfg.pretrain
     cache = features_dir(cfg)
     meta = read_cache_meta(cache)
-    model = PPKTModel(build_backbone(cfg.model), int(meta["dim"]), pc.ppkt.embed_dim, tau=pc.ppkt.tau)
+    model = PPKTModel(build_backbone(cfg.model), int(meta["dim"]), pc.ppkt.embed_dim, tau=pc.ppkt.tau,
+                      mask_false_negatives=pc.ppkt.pair_sampling == "masked")
     return MethodSetup(
         dataset=PPKTDataset(scenes, cache, pc, cfg.train.grid_size), collate=ppkt_collate, model=model,
         loss_fn=ppkt_loss, uses_gt_labels=False,
