@@ -49,13 +49,18 @@ def step_outputs(name):
     return {k: directory(v) if k in step.directory_outputs else v for k, v in outs.items()}
 
 
+# Code paths are relative to the repository (the Snakefile's folder), also under --directory elsewhere.
+WORKFLOW_ROOT = os.path.dirname(os.path.abspath(workflow.main_snakefile))
+
+
 def step_inputs(name):
     """Input function: the step's files plus the code it runs (editing that code reruns the job)."""
     step = W.STEPS[name]
 
     def inputs(wildcards):
         w = dict(wildcards.items())
-        return {**step.inputs(PARAMS, w), "code": step.code(w)}
+        code = [os.path.relpath(os.path.join(WORKFLOW_ROOT, f)) for f in step.code(w)]
+        return {**step.inputs(PARAMS, w), "code": code}
 
     return inputs
 

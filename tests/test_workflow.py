@@ -250,7 +250,7 @@ def test_user_raw_data_is_never_deleted_and_download_settings_rerun_nothing(tmp_
         "urls": [{"url": "http://127.0.0.1:9/scans.tar", "sha256": "0" * 64}]}},
         "experiment": {"methods": ["scratch"], "protocols": ["probe"]}})
     ws2.snakemake()
-    assert ws2.jobs()[0] == "download"
+    assert "download" in ws2.jobs()
     ws2.set_params(**{"data.download.retries": 7, "data.download.timeout": 5.0,
                       "data.download.cache_dir": "elsewhere"})
     assert ws2.planned() == {} and ws2.dvc_changed() == set()

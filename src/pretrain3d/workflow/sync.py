@@ -76,7 +76,10 @@ def record_dvc_stages(cfg: Params, done_files: set[str], root: str | Path = ".")
         stages = [s for s in repo.index.stages
                   if s.outs and all(os.path.normpath(str(o.def_path)) in done for o in s.outs)]
         for stage in stages:
-            repo.commit(stage.addressing, force=True, with_deps=False)
+            # relink=False: the workspace files stay as Snakemake wrote them. Relinking re-copies them
+            # from the cache with new modification times, in DVC's order, and Snakemake then sees
+            # inputs newer than outputs and wants to rerun (measured on the README run).
+            repo.commit(stage.addressing, force=True, with_deps=False, relink=False)
             recorded.append(stage.addressing)
     if recorded:
         _say(f"recorded {len(recorded)} DVC stage(s) in dvc.lock (dvc status / dvc repro now agree with this run)")
