@@ -11,5 +11,4 @@ start=$(date +%s)
 snakemake --cores all --show-failed-logs "$@"
 python scripts/stage_times.py --since "$start"
 echo "elapsed: $(( $(date +%s) - start )) s"
-name=$(python -c 'from pretrain3d.config import load_config; print(load_config("params.yaml").experiment.name)')
-echo "Report: results/$name/report.md   Summary: results/$name/summary.json   MLflow UI: see README"
+echo "Report: results/<experiment.name>/report.md (default results/embedded-benchmark/)   MLflow UI: see README"
