@@ -280,3 +280,15 @@ def test_moving_the_repository_keeps_mlflow_logging_working(tmp_path):
     for r in runs:
         assert r.info.artifact_uri.startswith(exp.artifact_location)
         assert (Path(r.info.artifact_uri.removeprefix("file://")) / "note.txt").read_text() == "x"
+
+
+def test_the_real_data_check_notices_the_fixture_appearing(tmp_path):
+    """Without the 7-Scenes fixture the check is a recorded skip; when the fixture appears, Snakemake
+    reruns the check (and the report), nothing else."""
+    ws = _workspace(tmp_path, {"experiment": {"methods": ["scratch", "ponderv2"], "protocols": ["probe"]},
+                               "data": {"sevenscenes": {"root": "fixture/7scenes"}}})
+    ws.snakemake()
+    assert any(j.startswith("ponderv2_real_check") for j in ws.jobs())
+    assert ws.planned() == {}
+    (ws.wd / "fixture/7scenes").mkdir(parents=True)
+    assert ws.planned() == {"ponderv2_real_check": 1, "report": 1}
