@@ -292,3 +292,22 @@ def test_the_real_data_check_notices_the_fixture_appearing(tmp_path):
     assert ws.planned() == {}
     (ws.wd / "fixture/7scenes").mkdir(parents=True)
     assert ws.planned() == {"ponderv2_real_check": 1, "report": 1}
+
+
+def test_recording_in_dvc_leaves_snakemakes_files_untouched(tmp_path):
+    """Recording a Snakemake run in dvc.lock must not rewrite the outputs: re-copied from DVC's cache
+    they got new modification times, and Snakemake then saw inputs newer than outputs (README run)."""
+    ws = _workspace(tmp_path, {"experiment": {"methods": ["scratch"], "protocols": ["probe"]}})
+    ws.env["PRETRAIN3D_NO_DVC_RECORD"] = "1"
+    ws.snakemake()
+    outputs = [p for d in ("results", "data") for p in (ws.wd / d).rglob("*") if p.is_file()]
+    before = {p: p.stat().st_mtime_ns for p in outputs}
+    assert ws.dvc_changed()  # not recorded yet
+    del ws.env["PRETRAIN3D_NO_DVC_RECORD"]
+    code = ("from pretrain3d.config import load_config; from pretrain3d.workflow.steps import active_steps; "
+            "from pretrain3d.workflow.sync import record_dvc_stages; cfg = load_config('params.yaml'); "
+            "done = {o for s, jobs in active_steps(cfg) for w in jobs for o in s.outputs(cfg, w).values()}; "
+            "print(len(record_dvc_stages(cfg, done)))")
+    assert int(ws.run(sys.executable, "-c", code).stdout.split()[-1]) > 0
+    assert {p: p.stat().st_mtime_ns for p in outputs} == before
+    assert ws.dvc_changed() == set() and ws.planned() == {}
