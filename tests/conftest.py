@@ -44,3 +44,14 @@ def tiny_overrides(tmp: Path) -> dict:
 @pytest.fixture(scope="session")
 def python_exe() -> str:
     return sys.executable
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (results independent of the machine's core count), restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

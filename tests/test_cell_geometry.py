@@ -13,12 +13,7 @@ from pretrain3d.teachers.cache import cell_geometry, pixel_to_cell, pixel_to_gri
 from pretrain3d.teachers.resnet import ResNetTeacher
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def grad_map(teacher, i: int, j: int, size) -> torch.Tensor:

@@ -15,12 +15,7 @@ from pretrain3d.models.segmentor import build_segmentor  # noqa: E402
 TINY = ModelConfig(stem_channels=8, channels=[8, 16, 16, 16, 16, 16, 16, 16], layers=[1] * 8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def scenes(n: int, seed: int) -> list[dict]:

@@ -59,8 +59,8 @@ def _group(step: Step, jobs: list[Wildcards]) -> list[tuple[str, list[Wildcards]
     return [("-".join([step.name, *key]), members) for key, members in groups.items()]
 
 
-def _stage(step: Step, cfg: Params, members: list[Wildcards], file_keys: dict[str, Any]) -> dict:
-    varying = [k for k in step.wildcards if k not in step.dvc_group_by]
+def _stage(step: Step, cfg: Params, members: list[Wildcards], varying: list[str],
+           file_keys: dict[str, Any]) -> dict:
     # a matrix over the varying wildcards; the template is built with ${item.x} in their place
     template = {k: (f"${{item.{k}}}" if k in varying else members[0][k]) for k in step.wildcards}
     outputs = step.outputs(cfg, template)
@@ -103,6 +103,6 @@ def generate(cfg: Params, params_file: str | Path = "params.yaml") -> str:
         for name, members in _group(step, jobs):
             varying = [k for k in step.wildcards if k not in step.dvc_group_by]
             _check_matrix_is_product(step, members, varying)
-            stages[name] = _stage(step, cfg, members, file_keys)
+            stages[name] = _stage(step, cfg, members, varying, file_keys)
     body = yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)
     return HEADER + body

@@ -32,14 +32,16 @@ def write_resolved_config(path: str | Path, text: str) -> None:
     write_text(path, text)
 
 
-def dvc_yaml_is_current(params_file: str | Path = "params.yaml", dvc_yaml: str | Path = DVC_YAML) -> bool:
+def dvc_yaml_is_current(params_file: str | Path = "params.yaml", dvc_yaml: str | Path = DVC_YAML,
+                        params: Params | None = None) -> bool:
+    """Whether dvc.yaml is what `pretrain3d dvc-yaml` makes of params_file (``params``: it, loaded)."""
     from pretrain3d.config import load_config
     from pretrain3d.workflow.dvc_yaml import generate
 
     dvc_yaml = Path(dvc_yaml)
     if not dvc_yaml.is_file():
         return False
-    return dvc_yaml.read_text() == generate(load_config(params_file), params_file)
+    return dvc_yaml.read_text() == generate(params or load_config(params_file), params_file)
 
 
 def _say(msg: str) -> None:
@@ -53,15 +55,16 @@ def record_dvc_stages(cfg: Params, done_files: set[str], root: str | Path = ".")
         return []
     if os.environ.get("PRETRAIN3D_NO_DVC_RECORD"):
         return []
+    from pretrain3d.config import config_hash, load_config
+
     done = {os.path.normpath(f) for f in done_files}
     try:
-        current = dvc_yaml_is_current(root / "params.yaml", root / DVC_YAML)
+        file_cfg = load_config(root / "params.yaml")
+        current = dvc_yaml_is_current(root / "params.yaml", root / DVC_YAML, params=file_cfg)
     except Exception as err:  # a broken params.yaml was already reported by Snakemake's own parse
         _say(f"DVC lock not updated: cannot compare dvc.yaml with params.yaml ({err})")
         return []
-    from pretrain3d.config import config_hash, load_config
-
-    if current and config_hash(load_config(root / "params.yaml")) != config_hash(cfg):
+    if current and config_hash(file_cfg) != config_hash(cfg):
         _say("DVC lock not updated: this run's config is not params.yaml's (overlays or --config); "
              "DVC versions the params.yaml graph only")
         return []
