@@ -102,6 +102,8 @@ def test_matched_pairs_see_the_same_world_point(rooms):
     assert np.allclose(mesh.poses, np.stack([f.pose for f in scene.frames]))  # the same room
     pairs = fc.select_view_pairs(scene, min_overlap=0.2)
     assert len(pairs) >= 2 and all(i < j and 0.2 <= ov <= 1 for i, j, ov in pairs)
+    stepped = fc.select_view_pairs(scene, min_overlap=0.0, frame_step=2)
+    assert stepped and all(i % 2 == 0 and j % 2 == 0 for i, j, _ in stepped)
     for i, j, _ in pairs:
         m = fc.cross_view_pairs(scene, i, j)
         assert len(m) > 200

@@ -85,7 +85,7 @@ def feature_fn_from_teacher(teacher) -> tuple[FeatureFn, dict]:
 # ---------------------------------------------------------------------------- 1. cross-view pairs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MatchedPixels:
     """Pixels of frames i and j that see the same surface point; unpacks as ``uv_i, uv_j, xyz``
     and ``len()`` is the number of pairs.
@@ -211,6 +211,7 @@ def select_view_pairs(
     rel_thresh: float = 0.05,
     reproj_px: float | None = 1.5,
     edge_guard: bool = True,
+    frame_step: int = 1,
     depths: dict | None = None,
 ) -> list[tuple[int, int, float]]:
     """Frame pairs ``(i, j, overlap)`` (i < j) of ``scene`` that see enough of the same surface.
@@ -219,26 +220,27 @@ def select_view_pairs(
     over valid-depth pixels on a ``stride`` grid (``cross_view_pairs``' test). Pairs with
     ``min_overlap <= overlap <= max_overlap`` qualify (``max_overlap < 1`` drops near-duplicate
     views, whose agreement proves little); with ``max_pairs``, a random subset of them drawn with
-    ``rng``. Sorted by (i, j). Costs F(F-1) strided matchings for F frames.
+    ``rng``. Sorted by (i, j). Only every ``frame_step``-th frame takes part: the cost is F(F-1)
+    strided matchings for F frames, so long real sequences want a step (or ``stride`` 8).
     """
     index = _frames(scene)
     depths = depths if depths is not None else {}
-    n = len(index)
-    for k in range(n):
+    frames = list(range(0, len(index), max(1, int(frame_step))))
+    for k in frames:
         if k not in depths:
             depths[k] = index.read_depth(k)
-    cams = [_camera(scene, k) for k in range(n)]
-    frac = np.zeros((n, n))
-    for a in range(n):
-        for b in range(n):
+    cams = {k: _camera(scene, k) for k in frames}
+    frac = {}
+    for a in frames:
+        for b in frames:
             if a == b:
                 continue
             m, cand = _match(depths[a], *cams[a], depths[b], *cams[b], stride, margin, rel_thresh, reproj_px,
                              edge_guard)
             frac[a, b] = len(m) / cand if cand else 0.0
     out = []
-    for a in range(n):
-        for b in range(a + 1, n):
+    for x, a in enumerate(frames):
+        for b in frames[x + 1:]:
             ov = float(min(frac[a, b], frac[b, a]))
             if min_overlap <= ov <= max_overlap:
                 out.append((a, b, ov))
@@ -310,10 +312,12 @@ def cross_view_consistency(
     reproj_px: float | None = 1.5,
     edge_guard: bool = True,
     view_stride: int = 4,
+    frame_step: int = 1,
 ) -> dict:
     """Mean cosine similarity of 2D features at pixel pairs that see the same 3D point.
 
-    Per scene, up to ``pairs_per_scene`` view pairs with enough overlap (``select_view_pairs``),
+    Per scene, up to ``pairs_per_scene`` view pairs with enough overlap (``select_view_pairs`` with
+    ``min_overlap``/``max_overlap``, ``view_stride`` and ``frame_step``),
     and in each up to ``pixels_per_pair`` matched pixel pairs (``cross_view_pairs``); both
     frames' maps come from ``fn`` and are sampled at the pixels (``sample_features``).
 
@@ -336,7 +340,7 @@ def cross_view_consistency(
         depths: dict[int, np.ndarray] = {}
         pairs = select_view_pairs(scene, min_overlap, max_overlap, pairs_per_scene, rng, stride=view_stride,
                                   margin=margin, rel_thresh=rel_thresh, reproj_px=reproj_px, edge_guard=edge_guard,
-                                  depths=depths)
+                                  frame_step=frame_step, depths=depths)
         if not pairs:
             continue
         maps = frame_feature_maps(fn, scene, sorted({k for i, j, _ in pairs for k in (i, j)}), batch_size)
