@@ -543,8 +543,9 @@ def co_embedding_transfer(
     (m, D) with ``test_labels`` (m,) (e.g. 3D point features of the same D); labels −1 are ignored.
     A random ``holdout`` fraction of the labelled train rows (drawn with ``seed``) is kept out of
     fitting and gives the in-domain reference; the classifier (zero-initialised linear layer,
-    ``fit_linear_head``, ``batch_size`` rows a step) is fitted on the rest and applied to the held-out rows (in-domain) and to
-    the other modality (transfer). For the reverse direction swap the arguments
+    ``fit_linear_head``, ``batch_size`` rows a step) is fitted on the rest and applied to the
+    held-out rows (in-domain) and to the other modality (transfer). For the reverse direction swap
+    the arguments
     (``co_embedding_both_ways``).
 
     Features are L2-normalised, not standardised: per-modality standardisation would remove each
