@@ -42,23 +42,23 @@ rule pretrain:
         " --out-dir $(dirname {output.backbone}) --no-progress > {log} 2>&1"
 
 
-rule ponderv2_real_check:
-    # PonderV2 on real RGB-D (the 7-Scenes fixture): a short run and a held-out view for the report.
-    # A missing fixture is a recorded skip (render.json says why).
+rule real_check:
+    # A method's short run on real RGB-D (the 7-Scenes fixture) and its figure for the report
+    # (methods.registry real_check). A missing fixture is a recorded skip (render.json says why).
     input:
-        unpack(step_inputs("ponderv2_real_check")),
+        unpack(step_inputs("real_check")),
         unpack(_real_check_inputs),
     output:
-        **step_outputs("ponderv2_real_check"),
+        **step_outputs("real_check"),
     params:
-        fields=step_params("ponderv2_real_check"),
+        fields=step_params("real_check"),
     log:
-        f"{LOGS}/ponderv2_real_check.log",
+        f"{LOGS}/real_check/{{method}}.log",
     benchmark:
-        f"{BENCH}/ponderv2_real_check.tsv"
+        f"{BENCH}/real_check/{{method}}.tsv"
     threads: PARAMS.train.threads
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d ponderv2-real-check --config $PRETRAIN3D_CONFIG --out-dir $(dirname {output.png}) --no-progress"
-        " > {log} 2>&1"
+        "pretrain3d real-check --config $PRETRAIN3D_CONFIG --method {wildcards.method} --out-dir $(dirname {output.png})"
+        " --no-progress > {log} 2>&1"

@@ -19,7 +19,7 @@ from pretrain3d.config import load_config
 from pretrain3d.workflow.steps import STEPS
 
 COMMAND_STEP = {"generate": "generate_synthetic", "preprocess": "preprocess", "features": "cache_features",
-                "pretrain": "pretrain", "ponderv2-real-check": "ponderv2_real_check", "finetune": "finetune",
+                "pretrain": "pretrain", "real-check": "real_check", "finetune": "finetune",
                 "evaluate": "evaluate", "log-references": "log_references", "report": "report",
                 "download": "download"}
 

@@ -25,7 +25,7 @@ SPUNET_V1M1 = {"stem_channels": 32, "channels": [32, 64, 128, 256, 256, 128, 96,
                "layers": [2, 3, 4, 6, 2, 2, 2, 2]}
 
 # overlay(s) -> (jobs expected per rule; rules that must not appear). Rules other helpers own
-# (log_references, ponderv2_real_check, ...) are not counted here.
+# (log_references, real_check, ...) are not counted here.
 CASES = {
     (): ({"generate_synthetic": 1, "preprocess": 1}, []),  # the (tiny) default DAG keeps its data jobs
     ("scannet-scratch",): ({"preprocess": 1, "pretrain": 1, "finetune": 1, "evaluate": 1, "report": 1, "all": 1},

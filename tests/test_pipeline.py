@@ -53,7 +53,7 @@ def test_pipeline_outputs(finished):
         assert f"renders/{m}-seed0.png" in report
         log = json.loads((wd / f"results/tiny/pretrain/{m}/seed0/pretrain_log.json").read_text())
         assert log["uses_gt_labels"] is (m == "ponderv2_semantic") and log["steps"] == 4
-    real = json.loads((wd / "results/tiny/ponderv2_real/render.json").read_text())
+    real = json.loads((wd / "results/tiny/real_check/ponderv2/render.json").read_text())
     assert real["status"] == "skipped" and "Real RGB-D**: skipped" in report
     # every rule logged, and nothing half-written left behind
     assert (wd / "logs/tiny/report.log").exists()

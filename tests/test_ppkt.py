@@ -435,8 +435,10 @@ def test_pretrain_stage_loss_falls_and_backbone_loads(tiny, tmp_path):
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 12
     assert "train/pairs/occluded" in run.data.metrics and "train/top1" in run.data.metrics
     # an unknown method is a clear error
-    with pytest.raises(ValueError, match="not implemented"):
-        pretrain(cfg, "condense", 0, tmp_path / "other", progress=False)
+    with pytest.raises(ValueError, match="unknown pre-training method 'pointbert'.*methods.registry"):
+        pretrain(cfg, "pointbert", 0, tmp_path / "other", progress=False)
+    with pytest.raises(ValueError, match="'scratch' is not trained here"):
+        pretrain(cfg, "scratch", 0, tmp_path / "other", progress=False)
 
 
 def test_pretrain_resume_is_exact(tiny, tmp_path):

@@ -288,10 +288,10 @@ def test_the_real_data_check_notices_the_fixture_appearing(tmp_path):
     ws = _workspace(tmp_path, {"experiment": {"methods": ["scratch", "ponderv2"], "protocols": ["probe"]},
                                "data": {"sevenscenes": {"root": "fixture/7scenes"}}})
     ws.snakemake()
-    assert any(j.startswith("ponderv2_real_check") for j in ws.jobs())
+    assert any(j.startswith("real_check") for j in ws.jobs())
     assert ws.planned() == {}
     (ws.wd / "fixture/7scenes").mkdir(parents=True)
-    assert ws.planned() == {"ponderv2_real_check": 1, "report": 1}
+    assert ws.planned() == {"real_check": 1, "report": 1}
 
 
 def test_recording_in_dvc_leaves_snakemakes_files_untouched(tmp_path):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pretrain3d.errors import Pretrain3DError
+from pretrain3d.methods.registry import REGISTRY, method_names
 
 log = logging.getLogger("pretrain3d")
 
@@ -57,17 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pre-train a backbone (scratch: a seeded random initialisation)")
     _add_config(p)
-    p.add_argument("--method", required=True, choices=["scratch", "ppkt", "ponderv2", "ponderv2_semantic"])
+    p.add_argument("--method", required=True, choices=method_names())
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out-dir", required=True)
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("ponderv2-real-check",
-                       help="pre-train PonderV2 briefly on a real RGB-D sequence and render a held-out frame")
+    p = sub.add_parser("real-check", help="run a method briefly on a real RGB-D sequence (the 7-Scenes fixture) "
+                       "and draw its check (methods.registry real_check)")
     _add_config(p)
+    p.add_argument("--method", required=True, choices=[n for n, s in REGISTRY.items() if s.real_check])
     p.add_argument("--root", default=None, help="7-Scenes sequence folder (default data.sevenscenes.root)")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--steps", type=int, default=None, help="default: pretrain.ponderv2.real_check_steps")
+    p.add_argument("--steps", type=int, default=None, help="default: the method's real_check_steps")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("finetune", help="train a segmentation model (from scratch or a pre-trained backbone)")
@@ -110,9 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--references", default=None, metavar="JSON",
                    help="paper references table from `log-references` (adds the 'Paper references' section)")
     p.add_argument("--renders", nargs="*", default=[], metavar="BACKBONE",
-                   help="PonderV2 backbone.pt files whose held-out view the report renders")
+                   help="backbone.pt files of methods with report figures (methods.registry report_visual)")
     p.add_argument("--real-check", nargs="*", default=[], metavar="FILE",
-                   help="outputs of `ponderv2-real-check` (render.png, render.json) to show")
+                   help="outputs of `real-check` (<dir>/<method>/render.png, render.json) to show")
 
     p = sub.add_parser("download", help="build data.raw_root from data.download (URLs with sha256, or your script)")
     _add_config(p)
@@ -207,7 +209,7 @@ def _dispatch(args, load) -> int:
 
         cache_features(cfg, progress=not args.no_progress)
     elif args.cmd == "pretrain":
-        if args.method == "scratch":
+        if REGISTRY[args.method].plugin is None:  # not trained: a seeded initialisation
             from pretrain3d.stages.init_backbone import init_backbone
 
             init_backbone(cfg, args.seed, args.out_dir)
@@ -215,11 +217,10 @@ def _dispatch(args, load) -> int:
             from pretrain3d.stages.pretrain import pretrain
 
             pretrain(cfg, args.method, args.seed, args.out_dir, progress=not args.no_progress)
-    elif args.cmd == "ponderv2-real-check":
-        from pretrain3d.stages.render import real_data_check
+    elif args.cmd == "real-check":
+        from pretrain3d.stages.real_check import real_check
 
-        real_data_check(cfg, args.out_dir, args.steps or cfg.pretrain.ponderv2.real_check_steps,
-                        progress=not args.no_progress, root=args.root)
+        real_check(cfg, args.method, args.out_dir, steps=args.steps, progress=not args.no_progress, root=args.root)
     elif args.cmd == "finetune":
         from pretrain3d.stages.finetune import finetune
 

@@ -28,15 +28,28 @@ class _Strict(BaseModel):
 class ExperimentConfig(_Strict):
     name: str = Field("embedded-benchmark", description="Label of this benchmark; used in MLflow run names.")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Every method runs once per seed.")
-    methods: list[Literal["scratch", "ppkt", "ponderv2", "ponderv2_semantic"]] = Field(
+    methods: list[str] = Field(
         ["scratch", "ppkt", "ponderv2"], min_length=1,
-        description="Methods to compare. scratch: no pre-training; ppkt: pixel-to-point distillation; "
-        "ponderv2: neural-rendering pre-training on RGB-D only (label-free); ponderv2_semantic: the same plus "
-        "the semantic rendering loss, which uses ground-truth labels (tagged uses_gt_labels=true).")
-    pretrain_only: list[Literal["ppkt", "ponderv2", "ponderv2_semantic"]] = Field(
+        description="Methods to compare, by their names in pretrain3d.methods.registry. scratch: no pre-training; "
+        "ppkt: pixel-to-point distillation; ponderv2: neural-rendering pre-training on RGB-D only (label-free); "
+        "ponderv2_semantic: the same plus the semantic rendering loss, which uses ground-truth labels (tagged "
+        "uses_gt_labels=true).")
+    pretrain_only: list[str] = Field(
         ["ponderv2_semantic"], description="Methods pre-trained once (first seed) for inspection only -- MLflow run, "
         "held-out render in the report -- but not fine-tuned or compared. Default: PonderV2's +semantic variant, "
         "which uses ground-truth labels, beside the label-free one that the benchmark compares.")
+
+    @field_validator("methods", "pretrain_only")
+    @classmethod
+    def _registered(cls, v: list[str], info) -> list[str]:
+        from pretrain3d.methods.registry import REGISTRY, trained_method_names
+
+        allowed = list(REGISTRY) if info.field_name == "methods" else trained_method_names()
+        unknown = [m for m in v if m not in allowed]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; {info.field_name} takes: {', '.join(allowed)} "
+                             "(pretrain3d.methods.registry)")
+        return v
     protocols: list[Literal["full", "la", "lr", "probe"]] = Field(
         ["la", "probe"], min_length=1,
         description="full: fine-tune on all labels; la: limited annotations (protocols.la_points labelled points "

@@ -378,3 +378,12 @@ def hash_scenes(scene_dirs: Sequence[str | Path]) -> str:
         d = Path(d)
         h.update(f"{d.parent.name}/{d.name}:{hash_directory(d)}\n".encode())
     return h.hexdigest()
+
+
+def load_split_scenes(processed_root: str | Path, split: str, num_classes: int | None = None) -> list:
+    """The processed scenes of one split with their frame indices (``ProcessedScene`` objects)."""
+    dirs = list_scenes(processed_root, split)
+    if not dirs:
+        raise DataError(Path(processed_root) / split, "no processed scenes found",
+                        "run the preprocess stage first, or check data.processed_root")
+    return [load_processed_scene(d, num_classes=num_classes, load_frames=True) for d in dirs]

@@ -18,14 +18,20 @@ from torch.utils.data import Dataset
 
 @dataclass
 class AfterTraining:
-    """Context of a method's post-training hook (held-out render, feature checks...)."""
+    """Context of a method's post-training check (``MethodSpec.after_training``: a held-out render,
+    feature checks...), which writes its files beside backbone.pt and logs them to the run."""
 
     cfg: Any             # pretrain3d.config.Params
     model: torch.nn.Module
     out_dir: Path        # the pre-training folder (beside backbone.pt)
     device: torch.device
     run: Any             # the MLflow job run (log_metrics, log_artifact)
-    title: str           # "<method> seed <s>"
+    method: str
+    seed: int
+
+    @property
+    def title(self) -> str:
+        return f"{self.method} seed {self.seed}"
 
 
 @dataclass
@@ -41,7 +47,6 @@ class MethodSetup:
     checkpoint: dict[str, Any] = field(default_factory=dict)   # static extras saved in backbone.pt
     save_extras: Callable[[torch.nn.Module], dict] | None = None  # trained parts saved beside the backbone
     summary: dict[str, Any] = field(default_factory=dict)      # extra entries of pretrain_log.json
-    after_training: Callable[[AfterTraining], dict] | None = None  # visual check; result -> summary["check"]
 
 
 def head_state(model: torch.nn.Module, skip: str = "backbone.") -> dict:

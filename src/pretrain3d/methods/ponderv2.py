@@ -396,3 +396,41 @@ def render_view(model: PonderV2Model, scene, frame_idx: int, grid_size: float, s
             "depth_real": np.where(valid, real_z, 0.0), "depth_abs_err_median": err,
             "depth_real_median": float(np.median(real_z[valid])) if valid.any() else math.nan,
             "frame_id": fr.id}
+
+
+# ============================================================================ plug-in
+
+
+def class_text_embeddings(cfg) -> tuple[torch.Tensor, dict]:
+    """Text embeddings of the class names (cached per encoder, templates and class list)."""
+    from pretrain3d.data.labels import dataset_class_names
+    from pretrain3d.teachers.text import build_text_encoder, class_embeddings
+
+    pv = cfg.pretrain.ponderv2
+    names = dataset_class_names(cfg.data.dataset, cfg.data.num_classes)
+    encoder = build_text_encoder(pv.text_encoder, weights=pv.text_encoder_weights)
+    emb = class_embeddings(encoder, names, pv.text_templates, cache_dir="data/text_embeddings")
+    return torch.as_tensor(emb, dtype=torch.float32), {"text_encoder": pv.text_encoder, "classes": names,
+                                                       "templates": list(pv.text_templates)}
+
+
+def build(cfg, method: str, scenes: Sequence):
+    """The PonderV2 plug-in (methods.registry); ``ponderv2_semantic`` adds the text-embedding loss."""
+    from pretrain3d.methods.plugin import MethodSetup, head_state
+    from pretrain3d.models.segmentor import build_backbone
+
+    pv = cfg.pretrain.ponderv2
+    semantic = method == "ponderv2_semantic"
+    text, text_meta = class_text_embeddings(cfg) if semantic else (None, {})
+    model = PonderV2Model(build_backbone(cfg.model), pv, text_embeddings=text)
+    tags = {"views": pv.views, "rays_per_view": pv.rays_per_view,
+            "samples": f"{pv.samples_uniform}+{pv.samples_importance}",
+            "volume_resolution": "x".join(map(str, pv.volume_resolution)), "render_semantic": str(semantic).lower()}
+    if semantic:
+        tags["text_encoder"] = pv.text_encoder
+    return MethodSetup(
+        dataset=PonderDataset(scenes, cfg.pretrain, cfg.train.grid_size, semantic=semantic), collate=ponder_collate,
+        model=model, loss_fn=ponder_loss, tags=tags, fingerprint=text_meta,
+        checkpoint={"teacher": None, "text": text_meta or None},
+        save_extras=lambda m: {"renderer": head_state(m)},  # volume UNet + field: the report re-renders views
+        summary={"ponderv2": pv.model_dump(mode="json")})

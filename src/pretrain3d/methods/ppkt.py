@@ -92,6 +92,7 @@ from torch.utils.data import Dataset
 
 from pretrain3d.data import transforms as T
 from pretrain3d.data.dataset import concat_fields
+from pretrain3d.data.scene import load_split_scenes
 from pretrain3d.errors import DataError
 from pretrain3d.geometry.correspondence import CorrespondenceStats, frame_points_with_attributes, scene_point_pixels
 from pretrain3d.models.heads import ProjectionHead
@@ -277,15 +278,8 @@ def ppkt_loss(model: PPKTModel, batch: dict) -> tuple[torch.Tensor, dict[str, fl
 # ============================================================================ data
 
 
-def load_pretrain_scenes(processed_root: str | Path, split: str, num_classes: int | None = None) -> list:
-    """The processed scenes of one split with their frame indices (``ProcessedScene`` objects)."""
-    from pretrain3d.data.scene import list_scenes, load_processed_scene
-
-    dirs = list_scenes(processed_root, split)
-    if not dirs:
-        raise DataError(Path(processed_root) / split, "no processed scenes found",
-                        "run the preprocess stage first, or check data.processed_root")
-    return [load_processed_scene(d, num_classes=num_classes, load_frames=True) for d in dirs]
+# the processed scenes of a split with their frames (kept here under its old name for callers)
+load_pretrain_scenes = load_split_scenes
 
 
 def select_pairs(voxel: np.ndarray, cap: int, rng: np.random.Generator, cell: np.ndarray | None = None) -> np.ndarray:
@@ -541,3 +535,29 @@ def ppkt_collate(batch: list[dict]) -> dict:
     if len(shapes) > 1:
         raise ValueError(f"teacher feature maps of different shapes in one batch: {sorted(shapes)}")
     return concat_fields(batch, out, skip=("pair_voxel", "pair_frame"))
+
+
+# ============================================================================ plug-in
+
+
+def build(cfg, method: str, scenes: Sequence):
+    """The PPKT plug-in (methods.registry): dataset over the teacher's feature cache, model, loss, tags."""
+    from pretrain3d.methods.plugin import MethodSetup
+    from pretrain3d.models.segmentor import build_backbone
+    from pretrain3d.teachers.cache import configured_cache_dir, read_cache_meta
+
+    pc = cfg.pretrain
+    cache = configured_cache_dir(cfg.teacher)
+    meta = read_cache_meta(cache)
+    model = PPKTModel(build_backbone(cfg.model), int(meta["dim"]), pc.ppkt.embed_dim, tau=pc.ppkt.tau,
+                      mask_false_negatives=pc.ppkt.pair_sampling == "masked")
+    return MethodSetup(
+        dataset=PPKTDataset(scenes, cache, pc, cfg.train.grid_size), collate=ppkt_collate, model=model,
+        loss_fn=ppkt_loss,
+        tags={"teacher": str(meta.get("name", cfg.teacher.name)),
+              "teacher_layer": str(meta.get("layer", cfg.teacher.layer)),
+              "pairs_per_batch": pc.ppkt.num_pairs, "tau": pc.ppkt.tau, "point_source": pc.ppkt.points,
+              "num_views": pc.ppkt.frames_per_sample, "pair_sampling": pc.ppkt.pair_sampling},
+        fingerprint={"teacher": meta}, checkpoint={"teacher": meta},
+        summary={"teacher": meta, "cache_dir": str(cache), "point_source": pc.ppkt.points,
+                 "pairs_per_batch": pc.ppkt.num_pairs, "pair_sampling": pc.ppkt.pair_sampling, "tau": pc.ppkt.tau})

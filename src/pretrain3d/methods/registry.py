@@ -23,8 +23,10 @@ class MethodSpec:
     needs: frozenset[str]
     fields: tuple[str, ...]             # config prefixes it reads beyond the shared loop (pretrain.*, model...)
     uses_gt_labels: bool = False
-    exclude: tuple[str, ...] = ()       # leaves under `fields` that cannot change the backbone
+    exclude: tuple[str, ...] = ()       # leaves under `fields` that cannot change any output (chunk sizes...)
+    check_only: tuple[str, ...] = ()    # leaves under `fields` only the real-data check reads
     stage: str = "pretrain3d.stages.pretrain"  # the CLI stage module that makes its backbone.pt
+    after_training: str | None = None   # "module:function"(methods.plugin.AfterTraining) -> dict: held-out check
     real_check: str | None = None       # "module:function": short run on the real RGB-D fixture -> PNG + JSON
     report_visual: str | None = None    # "module:function": the report's figures from its saved backbones
     description: str = ""
@@ -37,7 +39,7 @@ class MethodSpec:
             raise ValueError(f"method {self.name}: 'labels' in needs and uses_gt_labels must agree")
 
 
-_PONDER_EXCLUDE = ("pretrain.ponderv2.real_check_steps", "pretrain.ponderv2.render_chunk")
+_PONDER_EXCLUDE = ("pretrain.ponderv2.render_chunk",)
 
 REGISTRY: dict[str, MethodSpec] = {s.name: s for s in [
     MethodSpec("scratch", None, frozenset(), (), stage="pretrain3d.stages.init_backbone",
@@ -46,11 +48,15 @@ REGISTRY: dict[str, MethodSpec] = {s.name: s for s in [
                ("pretrain.ppkt", "teacher"), exclude=("teacher.batch_size",),
                description="pixel-to-point distillation of a frozen 2D teacher (Liu et al., arXiv 2104.04687)"),
     MethodSpec("ponderv2", "pretrain3d.methods.ponderv2", frozenset({"scenes", "frames"}), ("pretrain.ponderv2",),
-               exclude=_PONDER_EXCLUDE, real_check="pretrain3d.stages.render:real_data_check",
+               exclude=_PONDER_EXCLUDE, check_only=("pretrain.ponderv2.real_check_steps",),
+               after_training="pretrain3d.stages.render:heldout_render_check",
+               real_check="pretrain3d.stages.render:real_data_check",
                report_visual="pretrain3d.stages.render:report_renders",
                description="neural-rendering pre-training on RGB-D, label-free (Zhu et al., arXiv 2310.08586)"),
     MethodSpec("ponderv2_semantic", "pretrain3d.methods.ponderv2", frozenset({"scenes", "frames", "labels"}),
                ("pretrain.ponderv2",), uses_gt_labels=True, exclude=_PONDER_EXCLUDE,
+               check_only=("pretrain.ponderv2.real_check_steps",),
+               after_training="pretrain3d.stages.render:heldout_render_check",
                report_visual="pretrain3d.stages.render:report_renders",
                description="PonderV2 plus the semantic rendering loss against class-name text embeddings "
                            "(uses ground-truth labels)"),

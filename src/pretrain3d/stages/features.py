@@ -16,10 +16,9 @@ log = logging.getLogger(__name__)
 
 def features_dir(cfg: Params) -> Path:
     """Where the cache of the configured teacher lives (the same key the cache module uses)."""
-    from pretrain3d.teachers.cache import cache_key
+    from pretrain3d.teachers.cache import configured_cache_dir
 
-    t = cfg.teacher
-    return Path(t.cache_root) / cache_key(t.name, t.layer, (t.input_height, t.input_width))
+    return configured_cache_dir(cfg.teacher)
 
 
 def cache_features(cfg: Params, progress: bool = True) -> dict:

@@ -9,7 +9,9 @@ pre-trains PonderV2 briefly on one real scene with one frame held out, and rende
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -57,8 +59,8 @@ def load_ponder_model(cfg: Params, backbone_path: str | Path, device):
     return model.to(device)
 
 
-def real_data_check(cfg: Params, out_dir: str | Path, steps: int, seed: int = 0, progress: bool = False,
-                    root: str | Path | None = None) -> dict:
+def real_data_check(cfg: Params, out_dir: str | Path, steps: int | None = None, seed: int = 0,
+                    progress: bool = False, root: str | Path | None = None) -> dict:
     """Pre-train PonderV2 (label-free) for ``steps`` steps on a real RGB-D sequence (default
     ``data.sevenscenes.root``, fused every ``frame_step``-th frame), holding out its middle frame, and
     render that frame. Writes ``render.png`` and ``render.json`` (losses of the first and last steps,
@@ -75,6 +77,7 @@ def real_data_check(cfg: Params, out_dir: str | Path, steps: int, seed: int = 0,
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    steps = steps or cfg.pretrain.ponderv2.real_check_steps
     root = Path(root if root is not None else cfg.data.sevenscenes.root)
     if not root.is_dir():
         reason = f"real RGB-D sequence not found at {root} (data.sevenscenes.root)"
@@ -118,3 +121,59 @@ def real_data_check(cfg: Params, out_dir: str | Path, steps: int, seed: int = 0,
     log.info("real-data PonderV2 check: loss %.3f -> %.3f over %d steps (%.1f s); held-out depth error %.3f m",
              summary["loss_first"], summary["loss_last"], steps, seconds, info["depth_abs_err_median"])
     return summary
+
+
+def heldout_render_check(ctx) -> dict:
+    """PonderV2's check after pre-training (methods.registry ``after_training``): render the first view of
+    the first val scene (never seen in pre-training) beside the real frame; logged to the run."""
+    from pretrain3d.data.scene import load_split_scenes
+
+    cfg = ctx.cfg
+    scene = load_split_scenes(cfg.data.processed_root, "val", cfg.data.num_classes)[0]
+    info = render_scene_view(cfg, ctx.model, scene, 0, ctx.out_dir / "render.png", ctx.out_dir / "render.json",
+                             ctx.device, title=f"{ctx.title}: held-out val scene {scene.scene_id}")
+    ctx.run.log_metrics({"render/depth_abs_err_median_m": info["depth_abs_err_median"]})
+    ctx.run.log_artifact(ctx.out_dir / "render.png")
+    return {"render": info}
+
+
+def report_renders(cfg: Params, backbones: list[str], real_check: list[str], out_dir: Path) -> tuple[str, list]:
+    """PonderV2's report figures (methods.registry ``report_visual``): re-render a held-out val view from
+    each backbone (``renders/<method>-seed<s>.png``) and show the real-data check. Returns the report
+    section and the PNGs written."""
+    from pretrain3d.data.scene import load_split_scenes
+
+    first = {}  # one render per method: its first seed
+    for b in backbones:
+        first.setdefault(Path(b).parent.parent.name, b)
+    backbones = list(first.values())
+    if not backbones and not real_check:
+        return "", []
+    lines = ["## PonderV2: rendered vs real", "",
+             "The pre-training renderer (volume + SDF field + NeuS) applied to a view it never trained on: "
+             "real colour and z-depth beside the rendering, and the absolute depth error.", ""]
+    pngs = []
+    scene = load_split_scenes(cfg.data.processed_root, "val", cfg.data.num_classes)[0] if backbones else None
+    for b in backbones:
+        b = Path(b)
+        method, seed = b.parent.parent.name, b.parent.name
+        model = load_ponder_model(cfg, b, torch.device("cpu"))
+        png = out_dir / "renders" / f"{method}-{seed}.png"
+        info = render_scene_view(cfg, model, scene, 0, png, png.with_suffix(".json"), "cpu",
+                                 title=f"{method} {seed}: held-out val scene {scene.scene_id}")
+        pngs.append(png)
+        lines += [f"**{method} ({seed})**, val scene `{info['scene']}` frame {info['frame']}: median |depth error| "
+                  f"{info['depth_abs_err_median']:.3f} m (median depth {info['depth_real_median']:.2f} m).", "",
+                  f"![{method} render]({os.path.relpath(png, out_dir)})", ""]
+    for j in [p for p in real_check if str(p).endswith(".json")]:
+        info = json.loads(Path(j).read_text())
+        png = Path(j).with_suffix(".png")
+        if info.get("status") == "ok":
+            lines += [f"**Real RGB-D** ({info['root']}, {info['frames']} frames fused, {info['points']} points): "
+                      f"{info['steps']} label-free steps, loss {info['loss_first']:.3f} → {info['loss_last']:.3f}; "
+                      f"held-out frame {info['held_out_frame']}: median |depth error| "
+                      f"{info['render']['depth_abs_err_median']:.3f} m.", ""]
+        else:
+            lines += [f"**Real RGB-D**: skipped — {info.get('reason', 'no reason recorded')}.", ""]
+        lines += [f"![real-data render]({os.path.relpath(png, out_dir)})", ""]
+    return "\n".join(lines) + "\n", pngs

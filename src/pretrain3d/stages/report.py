@@ -206,45 +206,29 @@ def paper_references_section(refs: list[dict], summary: dict, cfg: Params) -> st
     return "\n".join(lines) + "\n"
 
 
-def ponderv2_renders(cfg: Params, backbones: list[str], real_check: list[str], out_dir: Path) -> tuple[str, list]:
-    """Re-render a held-out val view from each PonderV2 backbone (``renders/<method>-seed<s>.png``) and
-    show them with the real-data check. Returns the report section and the PNGs written."""
-    import torch
-
-    from pretrain3d.methods.ppkt import load_pretrain_scenes
-    from pretrain3d.stages.render import load_ponder_model, render_scene_view
+def method_figures(cfg: Params, backbones: list[str], real_check: list[str], out_dir: Path) -> tuple[str, list]:
+    """The report's figures of the pre-trained methods: each method's ``report_visual`` (methods.registry)
+    gets its saved backbones (``.../pretrain/<method>/seed<s>/backbone.pt``) and real-data check files
+    (``.../real_check/<method>/render.{png,json}``); methods sharing a function share one section.
+    Returns the markdown and the PNGs written (under ``renders/``)."""
+    from pretrain3d.methods import registry
 
     (out_dir / "renders").mkdir(parents=True, exist_ok=True)  # a declared output, even when empty
-    if not backbones and not real_check:
-        return "", []
-    lines = ["## PonderV2: rendered vs real", "",
-             "The pre-training renderer (volume + SDF field + NeuS) applied to a view it never trained on: "
-             "real colour and z-depth beside the rendering, and the absolute depth error.", ""]
-    pngs = []
-    scene = load_pretrain_scenes(cfg.data.processed_root, "val", cfg.data.num_classes)[0] if backbones else None
+    groups: dict[str, tuple[list[str], list[str]]] = {}
     for b in backbones:
-        b = Path(b)
-        method, seed = b.parent.parent.name, b.parent.name
-        model = load_ponder_model(cfg, b, torch.device("cpu"))
-        png = out_dir / "renders" / f"{method}-{seed}.png"
-        info = render_scene_view(cfg, model, scene, 0, png, png.with_suffix(".json"), "cpu",
-                                 title=f"{method} {seed}: held-out val scene {scene.scene_id}")
-        pngs.append(png)
-        lines += [f"**{method} ({seed})**, val scene `{info['scene']}` frame {info['frame']}: median |depth error| "
-                  f"{info['depth_abs_err_median']:.3f} m (median depth {info['depth_real_median']:.2f} m).", "",
-                  f"![{method} render]({os.path.relpath(png, out_dir)})", ""]
-    for j in [p for p in real_check if str(p).endswith(".json")]:
-        info = json.loads(Path(j).read_text())
-        png = Path(j).with_suffix(".png")
-        if info.get("status") == "ok":
-            lines += [f"**Real RGB-D** ({info['root']}, {info['frames']} frames fused, {info['points']} points): "
-                      f"{info['steps']} label-free steps, loss {info['loss_first']:.3f} → {info['loss_last']:.3f}; "
-                      f"held-out frame {info['held_out_frame']}: median |depth error| "
-                      f"{info['render']['depth_abs_err_median']:.3f} m.", ""]
-        else:
-            lines += [f"**Real RGB-D**: skipped — {info.get('reason', 'no reason recorded')}.", ""]
-        lines += [f"![real-data render]({os.path.relpath(png, out_dir)})", ""]
-    return "\n".join(lines) + "\n", pngs
+        ref = registry.spec(Path(b).parent.parent.name).report_visual
+        if ref:
+            groups.setdefault(ref, ([], []))[0].append(b)
+    for f in real_check:
+        ref = registry.spec(Path(f).parent.name).report_visual
+        if ref:
+            groups.setdefault(ref, ([], []))[1].append(f)
+    texts, pngs = [], []
+    for ref, (bs, rc) in groups.items():
+        text, written = registry.resolve(ref)(cfg, bs, rc, out_dir)
+        texts.append(text)
+        pngs += written
+    return "".join(texts), pngs
 
 
 def report(cfg: Params, metrics_files: list[str], out_dir: str | Path, references: str | Path | None = None,
@@ -254,7 +238,7 @@ def report(cfg: Params, metrics_files: list[str], out_dir: str | Path, reference
     summary["config_hash"] = config_hash(cfg)
     run_dirs = [Path(f).parent for f in metrics_files]
     text = markdown(summary, cfg, out_dir, run_dirs)
-    render_text, pngs = ponderv2_renders(cfg, list(renders or []), list(real_check or []), out_dir)
+    render_text, pngs = method_figures(cfg, list(renders or []), list(real_check or []), out_dir)
     if render_text:
         text += "\n" + render_text
     if references is not None:

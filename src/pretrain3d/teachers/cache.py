@@ -124,6 +124,12 @@ def cache_dir(cache_root: str | Path, teacher) -> Path:
     return Path(cache_root) / cache_key(teacher.name, teacher.layer, teacher.input_size)
 
 
+def configured_cache_dir(teacher_cfg) -> Path:
+    """The cache folder of a ``teacher:`` config section (name, layer, input size, cache_root)."""
+    t = teacher_cfg
+    return Path(t.cache_root) / cache_key(t.name, t.layer, (t.input_height, t.input_width))
+
+
 def _normalise_meta(meta: dict) -> dict:
     return json.loads(json.dumps(meta, sort_keys=True))
 

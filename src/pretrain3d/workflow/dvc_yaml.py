@@ -28,9 +28,10 @@ HEADER = """\
 def _dvc_params(step: Step, cfg: Params, w: Wildcards, file_keys: dict[str, Any]) -> list[str]:
     """Keys of params.yaml covering the step's fields: a whole section when nothing under it is excluded."""
     out: list[str] = []
+    exclude = step.excluded(cfg, w)
     for prefix in step.fields(cfg, w):
-        if any(e == prefix or e.startswith(prefix + ".") for e in step.exclude):
-            out.extend(select_fields(file_keys, (prefix,), step.exclude))
+        if any(e == prefix or e.startswith(prefix + ".") for e in exclude):
+            out.extend(select_fields(file_keys, (prefix,), exclude))
         elif prefix in _prefixes(file_keys):
             out.append(prefix)
     return list(dict.fromkeys(out))

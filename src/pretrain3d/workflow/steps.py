@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from pretrain3d.config import Params, flatten
 from pretrain3d.errors import Pretrain3DError
+from pretrain3d.methods import registry
 from pretrain3d.workflow.code_deps import import_closure
 
 Wildcards = dict[str, str]
@@ -32,14 +33,19 @@ class WorkflowConfigError(Pretrain3DError):
     """The config asks for a graph that cannot run (missing raw data, a method the dataset cannot feed)."""
 
 
-# What a pre-training method needs from the data (the plug-in registry of a later issue will own this).
-METHOD_NEEDS: dict[str, set[str]] = {
-    "scratch": set(),
-    "ppkt": {"scenes", "frames", "features"},
-    "ponderv2": {"scenes", "frames"},
-    "ponderv2_semantic": {"scenes", "frames", "labels"},
-}
-RENDERED_METHODS = ("ponderv2", "ponderv2_semantic")  # the report re-renders their held-out views
+def needs(method: str) -> frozenset[str]:
+    """What a pre-training method needs from the data (its methods.registry line)."""
+    return registry.spec(method).needs
+
+
+def _modules(ref: str | None) -> tuple[str, ...]:
+    return (ref.partition(":")[0],) if ref else ()
+
+
+def method_modules(method: str) -> tuple[str, ...]:
+    """The modules a method's pre-training job runs: the stage, the plug-in, its held-out check."""
+    s = registry.spec(method)
+    return (s.stage, *_modules(s.plugin), *_modules(s.after_training))
 
 
 def dataset_provides(cfg: Params) -> set[str]:
@@ -65,12 +71,13 @@ def features_dir(cfg: Params) -> str:
 @dataclass(frozen=True)
 class Step:
     name: str                                  # the Snakemake rule
-    module: str | Callable[[Wildcards], str]   # the CLI stage module it runs (code deps)
+    module: str | Callable[[Wildcards], tuple[str, ...]]  # the CLI stage module(s) it runs (code deps)
     wildcards: tuple[str, ...]
     outputs: Callable[[Params, Wildcards], dict[str, str]]
     inputs: Callable[[Params, Wildcards], dict[str, str | list[str]]] = lambda cfg, w: {}
     fields: Callable[[Params, Wildcards], tuple[str, ...]] = lambda cfg, w: ()
-    exclude: tuple[str, ...] = ()              # leaves under `fields` that cannot change the outputs
+    exclude: tuple[str, ...] | Callable[[Params, Wildcards], tuple[str, ...]] = ()  # leaves under `fields`
+                                               # that cannot change the outputs
     extra_deps: tuple[str, ...] = ()           # package data files the stage reads
     directory_outputs: tuple[str, ...] = ()    # output keys that are folders
     dvc_group_by: tuple[str, ...] = ()         # wildcards whose jobs differ in fields/inputs: one DVC stage each
@@ -78,13 +85,17 @@ class Step:
     # ------------------------------------------------------------------ derived
     def code(self, w: Wildcards | None = None) -> list[str]:
         """The files a job runs: cli.py (the entry), the stage module's import closure, package data."""
-        module = self.module(w or {}) if callable(self.module) else self.module
-        files = ["src/pretrain3d/cli.py", *import_closure(module), *(f"src/pretrain3d/{p}" for p in self.extra_deps)]
+        modules = self.module(w or {}) if callable(self.module) else (self.module,)
+        files = ["src/pretrain3d/cli.py", *(f for m in modules for f in import_closure(m)),
+                 *(f"src/pretrain3d/{p}" for p in self.extra_deps)]
         return list(dict.fromkeys(files))
 
     def field_values(self, cfg: Params, w: Wildcards) -> dict[str, Any]:
         """{dotted leaf: value} of every config field the step reads (Snakemake's params)."""
-        return select_fields(flatten(cfg.model_dump(mode="json")), self.fields(cfg, w), self.exclude)
+        return select_fields(flatten(cfg.model_dump(mode="json")), self.fields(cfg, w), self.excluded(cfg, w))
+
+    def excluded(self, cfg: Params, w: Wildcards) -> tuple[str, ...]:
+        return self.exclude(cfg, w) if callable(self.exclude) else self.exclude
 
     def jobs(self, cfg: Params) -> list[Wildcards]:
         return [dict(zip(self.wildcards, combo)) for combo in itertools.product(
@@ -122,8 +133,14 @@ def pretrain_jobs(cfg: Params) -> list[Wildcards]:
     return jobs
 
 
-def needs_real_check(cfg: Params) -> bool:
-    return any(m in RENDERED_METHODS for m in pretrained_methods(cfg))
+def real_check_methods(cfg: Params) -> list[str]:
+    """Scheduled methods with a check on the real RGB-D fixture (methods.registry ``real_check``)."""
+    return [m for m in pretrained_methods(cfg) if registry.spec(m).real_check]
+
+
+def report_visual_methods(cfg: Params) -> list[str]:
+    """Scheduled methods whose saved backbones the report turns into figures (renders, PCA images)."""
+    return [m for m in pretrained_methods(cfg) if registry.spec(m).report_visual]
 
 
 # ----------------------------------------------------------------------------- file templates
@@ -135,9 +152,9 @@ def run_dir(cfg: Params, w: Wildcards) -> str:
     return f"{results_dir(cfg)}/runs/{w['method']}/{w['protocol']}/seed{w['seed']}"
 
 
-def real_check_outputs(cfg: Params) -> dict[str, str]:
-    r = results_dir(cfg)
-    return {"png": f"{r}/ponderv2_real/render.png", "json": f"{r}/ponderv2_real/render.json"}
+def real_check_outputs(cfg: Params, method: str) -> dict[str, str]:
+    d = f"{results_dir(cfg)}/real_check/{method}"
+    return {"png": f"{d}/render.png", "json": f"{d}/render.json"}
 
 
 def report_outputs(cfg: Params) -> dict[str, str]:
@@ -152,11 +169,11 @@ def _benchmark_file(cfg: Params, protocol: str) -> list[str]:
 
 
 def _pretrain_inputs(cfg: Params, w: Wildcards) -> dict[str, Any]:
-    needs = METHOD_NEEDS[w["method"]]
+    what = needs(w["method"])
     out: dict[str, Any] = {}
-    if needs & {"scenes", "frames", "labels"}:
+    if what & {"scenes", "frames", "labels"}:
         out["data"] = cfg.data.processed_root
-    if "features" in needs:
+    if "features" in what:
         out["features"] = features_dir(cfg)
     return out
 
@@ -170,12 +187,23 @@ _PRETRAIN_COMMON = ("model", "train.grid_size", "train.device", "train.amp", "pr
 
 
 def _pretrain_fields(cfg: Params, w: Wildcards) -> tuple[str, ...]:
-    m = w["method"]
-    if m == "scratch":
+    spec = registry.spec(w["method"])
+    if spec.plugin is None:  # not trained: only the architecture and the seed make it
         return ("model",)
-    if m == "ppkt":
-        return _PRETRAIN_COMMON + ("pretrain.ppkt", "teacher")
-    return _PRETRAIN_COMMON + ("pretrain.ponderv2",)
+    return _PRETRAIN_COMMON + spec.fields
+
+
+def _pretrain_exclude(cfg: Params, w: Wildcards) -> tuple[str, ...]:
+    spec = registry.spec(w["method"])
+    return spec.exclude + spec.check_only
+
+
+def _real_check_exclude(cfg: Params, w: Wildcards) -> tuple[str, ...]:
+    return registry.spec(w["method"]).exclude
+
+
+def _real_check_fields(cfg: Params, w: Wildcards) -> tuple[str, ...]:
+    return _PRETRAIN_COMMON + registry.spec(w["method"]).fields + ("data.sevenscenes",)
 
 
 def _ingest_fields(cfg: Params, w: Wildcards) -> tuple[str, ...]:
@@ -207,9 +235,11 @@ def _report_inputs(cfg: Params, w: Wildcards) -> dict[str, Any]:
     e = cfg.experiment
     metrics = [f"{run_dir(cfg, {'method': m, 'protocol': p, 'seed': str(s)})}/metrics.json"
                for m in e.methods for p in e.protocols for s in e.seeds]
-    renders = [backbone(cfg, m, str(e.seeds[0])) for m in pretrained_methods(cfg) if m in RENDERED_METHODS]
+    # compared methods: every seed (a figure may aggregate over seeds); pretrain_only: the one seed run
+    renders = [backbone(cfg, w["method"], w["seed"]) for w in pretrain_jobs(cfg)
+               if w["method"] in report_visual_methods(cfg)]
     only = [backbone(cfg, m, str(e.seeds[0])) for m in e.pretrain_only]
-    real = list(real_check_outputs(cfg).values()) if needs_real_check(cfg) else []
+    real = [f for m in real_check_methods(cfg) for f in real_check_outputs(cfg, m).values()]
     return {"metrics": metrics, "references": "results/references.json", "backbones": renders,
             "pretrain_only": only, "real": real}
 
@@ -232,16 +262,14 @@ STEPS: dict[str, Step] = {s.name: s for s in [
          inputs=lambda cfg, w: {"data": cfg.data.processed_root},
          outputs=lambda cfg, w: {"features": features_dir(cfg)}, fields=lambda cfg, w: ("teacher",),
          exclude=("teacher.batch_size",), directory_outputs=("features",)),
-    Step("pretrain", lambda w: ("pretrain3d.stages.init_backbone" if w.get("method") == "scratch"
-                             else "pretrain3d.stages.pretrain"), ("method", "seed"), dvc_group_by=("method",),
+    Step("pretrain", lambda w: method_modules(w["method"]), ("method", "seed"), dvc_group_by=("method",),
          inputs=_pretrain_inputs,
          outputs=lambda cfg, w: {"backbone": backbone(cfg, w["method"], w["seed"])},
-         fields=_pretrain_fields,
-         exclude=("pretrain.ponderv2.real_check_steps", "pretrain.ponderv2.render_chunk", "teacher.batch_size")),
-    Step("ponderv2_real_check", "pretrain3d.stages.render", (),
-         outputs=lambda cfg, w: real_check_outputs(cfg),
-         fields=lambda cfg, w: _PRETRAIN_COMMON + ("pretrain.ponderv2", "data.sevenscenes"),
-         exclude=("pretrain.ponderv2.render_chunk",)),
+         fields=_pretrain_fields, exclude=_pretrain_exclude),
+    Step("real_check", lambda w: ("pretrain3d.stages.real_check", *_modules(registry.spec(w["method"]).real_check)),
+         ("method",), dvc_group_by=("method",),
+         outputs=lambda cfg, w: real_check_outputs(cfg, w["method"]), fields=_real_check_fields,
+         exclude=_real_check_exclude),
     Step("finetune", "pretrain3d.stages.finetune", ("method", "protocol", "seed"), dvc_group_by=("protocol",),
          inputs=lambda cfg, w: {"data": cfg.data.processed_root, "backbone": backbone(cfg, w["method"], w["seed"]),
                                 "benchmark_file": _benchmark_file(cfg, w["protocol"])},
@@ -273,11 +301,11 @@ def active_steps(cfg: Params) -> list[tuple[Step, list[Wildcards]]]:
     elif ds == "synthetic":
         out.append((STEPS["generate_synthetic"], [{}]))
     out.append((STEPS["preprocess"], [{}]))
-    if any("features" in METHOD_NEEDS[m] for m in pretrained_methods(cfg)):
+    if any("features" in needs(m) for m in pretrained_methods(cfg)):
         out.append((STEPS["cache_features"], [{}]))
     out.append((STEPS["pretrain"], pretrain_jobs(cfg)))
-    if needs_real_check(cfg):
-        out.append((STEPS["ponderv2_real_check"], [{}]))
+    if real_check_methods(cfg):
+        out.append((STEPS["real_check"], [{"method": m} for m in real_check_methods(cfg)]))
     out.append((STEPS["finetune"], STEPS["finetune"].jobs(cfg)))
     out.append((STEPS["evaluate"], STEPS["evaluate"].jobs(cfg)))
     out.append((STEPS["log_references"], [{}]))
@@ -289,7 +317,7 @@ def check_runnable(cfg: Params, source: str = "the config") -> None:
     """Every scheduled method can be fed by the dataset, and the raw data exists or can be made."""
     provides = dataset_provides(cfg)
     for m in pretrained_methods(cfg):
-        missing = METHOD_NEEDS[m] - provides
+        missing = needs(m) - provides
         if missing:
             where = "experiment.methods" if m in cfg.experiment.methods else "experiment.pretrain_only"
             raise WorkflowConfigError(
