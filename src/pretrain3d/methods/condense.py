@@ -388,8 +388,9 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
 class CondenseModel(PonderV2Model):
     """Backbone + feature volume + SDF field with a feature head (PonderV2's, reused) + ``ImageNet2D``."""
 
-    def __init__(self, backbone: nn.Module, cfg, image_net: ImageNet2D):
+    def __init__(self, backbone: nn.Module, cfg, image_net: ImageNet2D, grid_size: float = 0.08):
         super().__init__(backbone, cfg)  # cfg: config.CondenseConfig (it has PonderV2Config's render fields)
+        self.grid_size = float(grid_size)  # the backbone's voxel size (train.grid_size), for whole-scene checks
         D = image_net.dim
         fd = int(cfg.feature_dim) if cfg.feature_dim else D
         if fd > D:
@@ -439,15 +440,31 @@ class CondenseModel(PonderV2Model):
             out = out.index_put((m.nonzero()[:, 0],), s[0, :, 0].T)
         return out
 
-    def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict, timings: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Geometry (PonderV2's terms) + consistency + regulariser. ``timings`` (a dict) receives the
+        forward's wall-clock split in seconds: ``3d`` (backbone + volume), ``render``, ``2d``."""
+        import time
+
+        def mark(name, t0):
+            if timings is None:
+                return t0
+            if vols.is_cuda:
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            timings[name] = timings.get(name, 0.0) + t - t0
+            return t
+
         c = self.cfg
+        t = time.perf_counter()
         vols = self.volumes(batch)
+        t = mark("3d", t)
         self._captured = []
         try:
             geo_loss, logs = self.loss_from_volumes(batch, vols)  # PonderV2's geometry (+ colour) terms
             rendered = self._captured
         finally:
             self._captured = None
+        t = mark("render", t)
         order = torch.cat([(batch["ray_sample"] == b).nonzero()[:, 0] for b in range(vols.shape[0])
                            if bool((batch["ray_sample"] == b).any())])
         f3 = torch.cat(rendered)
@@ -456,6 +473,7 @@ class CondenseModel(PonderV2Model):
         consistency = cosine_distance(f3, f2, 1).mean()
         reg = cosine_distance(f2_map, ref_map, 1).mean()
         loss = geo_loss + c.consistency_weight * consistency + c.reg_weight * reg
+        mark("2d", t)
         logs.update({"loss_consistency": float(consistency.detach()), "loss_reg2d": float(reg.detach()),
                      "loss_geometry": float(geo_loss.detach())})
         return loss, logs
@@ -486,7 +504,8 @@ def _model(cfg, teacher) -> CondenseModel:
     from pretrain3d.models.segmentor import build_backbone
 
     cc = cfg.pretrain.condense
-    return CondenseModel(build_backbone(cfg.model), cc, ImageNet2D(teacher, cc.train_blocks, cc.image_lr_mult))
+    return CondenseModel(build_backbone(cfg.model), cc, ImageNet2D(teacher, cc.train_blocks, cc.image_lr_mult),
+                         cfg.train.grid_size)
 
 
 def build(cfg, method: str, scenes: list, teacher=None) -> MethodSetup:
@@ -545,7 +564,8 @@ def load_condense_model(cfg, backbone_pt_path: str | Path, device, teacher=None)
                                                   "image_lr_mult": float(saved["lr_mult"])})
     from pretrain3d.models.segmentor import build_backbone
 
-    model = CondenseModel(build_backbone(cfg.model), cc, ImageNet2D(teacher, cc.train_blocks, cc.image_lr_mult))
+    model = CondenseModel(build_backbone(cfg.model), cc, ImageNet2D(teacher, cc.train_blocks, cc.image_lr_mult),
+                          cfg.train.grid_size)
     if model.image_net.split != saved["split"]:
         raise DataError(path, f"2D network split mismatch: saved block {saved['split']}, "
                         f"rebuilt {model.image_net.split}")
@@ -578,11 +598,11 @@ def _scene_volume(model: CondenseModel, scene, grid_size: float, device):
 def point_features(model: CondenseModel, scene, device="cpu", grid_size: float | None = None,
                    chunk: int = 8192) -> torch.Tensor:
     """(N, D) field feature at every scene point (the 3D feature in the 2D embedding space), in eval mode.
-    ``grid_size``: the backbone's voxel size (``train.grid_size``; default 0.08 m, the embedded value)."""
+    ``grid_size``: the backbone's voxel size (default: the model's, ``train.grid_size`` at build)."""
     was = model.training
     model.eval()
     try:
-        vol, box, M = _scene_volume(model, scene, grid_size or 0.08, device)
+        vol, box, M = _scene_volume(model, scene, grid_size or model.grid_size, device)
         pts = np.asarray(scene.coord, np.float64) @ M[:3, :3].T + M[:3, 3]
         pts = torch.from_numpy(pts.astype(np.float32)).to(device)
         out = []
@@ -608,7 +628,7 @@ def rendered_feature_map(model: CondenseModel, scene, frame_idx: int, grid_size:
     was = model.training
     model.eval()
     try:
-        vol, box, M = _scene_volume(model, scene, grid_size or 0.08, device)
+        vol, box, M = _scene_volume(model, scene, grid_size or model.grid_size, device)
         fr = scene.frames[frame_idx]
         depth = scene.frames.read_depth(frame_idx)
         H, W = depth.shape
