@@ -158,29 +158,50 @@ def test_ray_features_pair_with_their_pixel_cell(tiny):
 
 
 def test_training_reduces_the_loss_and_rays_stop_at_surfaces(tiny):
-    """A short run on one scene: the loss falls and rendered depth (hence where the rendered features come
-    from) matches the sensor depth far better than the best constant (measured: 0.21 m vs 0.53 m after 40
-    steps at 64 rays/view; threshold 0.75 x constant after 30 steps at 48)."""
+    """A short run on one scene: the loss falls; rendered depth (hence where a rendered feature comes from)
+    matches the sensor depth far better than the best constant (the view's median depth), and the rendered
+    feature at a pixel agrees with the 2D feature at that pixel more than with other pixels' 2D features.
+    Measured, mean over the 4 views of median |z error| / the constant's: 0.36, 0.32, 0.53 for three
+    sample streams after 40 steps (a 12x12x6 volume stays near 1: too coarse); threshold 0.7. Centred
+    cosine, rendered vs 2D at the same pixel: 0.23; with the pixels shuffled: 0.00; threshold: +0.1."""
     tmp, scenes, _ = tiny
-    cfg, s = _setup(tiny, n_scenes=1)
+    cfg, s = _setup(tiny, n_scenes=1, volume_resolution=[16, 16, 8], volume_channels=16, unet_channels=[8, 16],
+                    hidden=32, rays_per_view=64, samples_uniform=16, samples_importance=8)
     m = s.model
     fixed = s.collate([s.dataset[(0, 999)]])
     torch.manual_seed(1)
     first, _ = m.loss(fixed)
     opt = torch.optim.AdamW(m.parameters(), 3e-3)
-    for step in range(30):
+    for step in range(40):
         _step(s, opt, (0, step))
     torch.manual_seed(1)
     last, logs = m.loss(fixed)
     assert float(last) < 0.6 * float(first), (float(first), float(last))
     assert logs["loss_consistency"] < 0.6
-    r = C.rendered_feature_map(m, scenes[0], 0, cfg.train.grid_size, scale=0.5)
-    real, valid = r["depth_real"], r["depth_real"] > 0
-    err = np.median(np.abs(r["depth"][valid] - real[valid]))
-    const = np.median(np.abs(real[valid] - np.median(real[valid])))
-    assert err < 0.75 * const, (err, const)
-    assert r["features"].shape == (384, *r["depth"].shape)
-    pf = C.point_features(m, scenes[0], grid_size=cfg.train.grid_size)
+    ratios = []
+    for f in range(len(scenes[0].frames)):
+        r = C.rendered_feature_map(m, scenes[0], f, scale=0.5)
+        real, valid = r["depth_real"], r["depth_real"] > 0
+        err = np.median(np.abs(r["depth"][valid] - real[valid]))
+        ratios.append(err / np.median(np.abs(real[valid] - np.median(real[valid]))))
+    assert np.mean(ratios) < 0.7, ratios
+    # features: rendered (D, h', w') at every 2nd pixel vs the 2D map sampled at the same pixels
+    feats = r["features"]
+    h, w = feats.shape[1:]
+    img = torch.from_numpy(scenes[0].frames.read_color(f))
+    vs, us = torch.meshgrid(torch.arange(0, img.shape[0], 2), torch.arange(0, img.shape[1], 2), indexing="ij")
+    fake = {"ray_view": torch.zeros(h * w, dtype=torch.int64), "ray_pix": torch.stack([us.ravel(), vs.ravel()], 1),
+            "view_image": [img]}
+    f2 = m.sample_at_rays(m.image_net.extract(img.numpy()), fake)
+    f3 = feats.reshape(feats.shape[0], -1).T
+    f2, f3 = f2 - f2.mean(0), f3 - f3.mean(0)  # the view's common component removed: spatial structure only
+    same = float(1 - C.cosine_distance(f3, f2, 1).mean())
+    perm = torch.randperm(len(f2), generator=torch.Generator().manual_seed(0))
+    shuffled = float(1 - C.cosine_distance(f3, f2[perm], 1).mean())
+    print(f"depth error / constant {np.round(ratios, 2)}; centred cos same pixel {same:.3f}, shuffled {shuffled:.3f}")
+    assert same > shuffled + 0.1, (same, shuffled)
+    assert feats.shape == (384, *r["depth"].shape)
+    pf = C.point_features(m, scenes[0])
     assert pf.shape == (scenes[0].num_points, 384) and torch.isfinite(pf).all()
 
 
