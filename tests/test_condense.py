@@ -93,7 +93,7 @@ def test_trunk_cache_equals_running_the_whole_vit(tiny):
     # the reference is the teacher itself, and the untrained 2D net equals it
     assert torch.allclose(ref, net.teacher.extract(img), atol=1e-5)
     assert torch.equal(net.extract(img), ref)
-    assert net.metadata() == net.teacher.metadata()
+    assert net.metadata() == net.teacher.metadata() and (net.name, net.layer) == ("dinov2_vits14", "last")
 
 
 def test_2d_frozen_ablation_leaves_the_2d_net_unchanged(tiny):
