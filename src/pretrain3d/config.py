@@ -399,12 +399,64 @@ class PonderV2Config(_Strict):
                                   "fixture, one frame held out and rendered for the report).")
 
 
+class CondenseLossWeights(_Strict):
+    """Weights of the geometry terms (PonderV2's terms, computed by its code) in ConDense pre-training."""
+
+    rgb: float = Field(0.0, ge=0, description="L1 on rendered colour (off: the rendered features are the "
+                       "appearance signal here; >0 adds PonderV2's colour term).")
+    depth: float = Field(1.0, ge=0, description="L1 on rendered distance along the ray (sensor depth).")
+    sdf: float = Field(10.0, ge=0, description="Near-surface SDF |t + sdf - d| within the truncation band.")
+    free_space: float = Field(1.0, ge=0, description="relu(truncation - sdf) in front of the surface.")
+    eikonal: float = Field(0.01, ge=0, description="(|grad sdf| - 1)^2.")
+
+
+class CondenseConfig(_Strict):
+    """ConDense-style 2D/3D joint pre-training (Zhang et al., ECCV 2024, arXiv 2408.17027) -- a reconstruction:
+    the paper's method section was not available (shared/reference/condense.md); the choices are
+    documented in methods/condense.py. Volume / ray settings mirror pretrain.ponderv2's defaults."""
+
+    train_blocks: int = Field(2, ge=0, description="Top ViT blocks (+ final norm) of the 2D network that train; "
+                              "0 = the 2D network stays the frozen teacher (ablation '2D frozen').")
+    cache_trunk: bool = Field(True, description="Run the frozen lower blocks once per training frame and keep their "
+                              "tokens in memory (exact: they never change); false = every step runs the whole ViT.")
+    feature_dim: int | None = Field(None, ge=1, description="Width of the rendered feature; null = the teacher's. "
+                                    "Smaller: both sides go through one fixed random orthonormal projection.")
+    image_lr_mult: float = Field(0.02, gt=0, description="Learning-rate multiplier of the 2D network: its weights "
+                                 "are teacher + image_lr_mult * delta with delta trained (with Adam: lr x this).")
+    consistency_weight: float = Field(1.0, ge=0, description="1 - cos(rendered 3D feature, 2D feature at the ray's "
+                                      "pixel); both networks get its gradient.")
+    reg_weight: float = Field(1.0, ge=0, description="1 - cos(trainable 2D features, frozen teacher's) over every "
+                              "cell of the step's views; 0 = no regulariser (ablation).")
+    min_valid_depth: float = Field(0.05, ge=0, le=1, description="Frames with a smaller fraction of valid-depth "
+                                   "pixels are skipped (recorded in the dataset's stats).")
+    input_dropout: float = Field(0.0, ge=0, lt=1, description="Fraction of input points dropped before voxelisation.")
+    volume_resolution: tuple[int, int, int] = Field((32, 32, 16), description="Dense grid (x, y, z) over the "
+                                                    "scene's bounding box.")
+    volume_channels: int = Field(32, ge=2, description="Dense UNet output, half geometry / half appearance.")
+    unet_channels: list[int] = Field([16, 32], min_length=1, description="Dense 3D UNet widths per level.")
+    hidden: int = Field(64, ge=8, description="Width of the SDF / colour / feature MLPs.")
+    views: int = Field(2, ge=1, description="Posed RGB-D views per scene and step.")
+    rays_per_view: int = Field(128, ge=1, description="Random valid-depth pixels per view.")
+    samples_uniform: int = Field(32, ge=2, description="Stratified samples per ray.")
+    samples_importance: int = Field(16, ge=0, description="NeuS importance samples per ray.")
+    upsample_steps: int = Field(1, ge=0, description="NeuS up-sampling rounds.")
+    near: float = Field(0.01, ge=0, description="Near plane in unit-cube units.")
+    box_padding: float = Field(0.03, ge=0, description="Padding of the scene box (unit-cube units).")
+    variance_init: float = Field(0.3, description="NeuS learned variance init; inv_s = exp(10 v).")
+    truncation: float = Field(0.05, gt=0, description="SDF truncation band in unit-cube units.")
+    loss_weights: CondenseLossWeights = CondenseLossWeights()
+    render_scale: float = Field(0.25, gt=0, le=1, description="Resolution factor of rendered feature maps (PCA check).")
+    render_chunk: int = Field(512, ge=1, description="Rays per chunk when rendering a whole view.")
+    real_check_steps: int = Field(40, ge=1, description="Steps of the real-data check (7-Scenes fixture).")
+
+
 class PretrainConfig(OptimConfig):
     epochs: int = Field(8, ge=1, description="Pre-training epochs; 8 keeps the README run (scratch, PPKT and PonderV2 "
                         "x 3 seeds, plus one PonderV2+semantic run) under 15 minutes on 2 CPU cores.")
     augment: AugmentConfig = AugmentConfig()
     ppkt: PPKTConfig = PPKTConfig()
     ponderv2: PonderV2Config = PonderV2Config()
+    condense: CondenseConfig = CondenseConfig()
 
 
 class TTAConfig(_Strict):
