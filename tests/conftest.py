@@ -36,6 +36,9 @@ def tiny_overrides(tmp: Path) -> dict:
         "pretrain": {"epochs": 2, "batch_size": 1, "checkpoint_every": 1, "ppkt": {"num_pairs": 256},
                      "ponderv2": {"volume_resolution": [12, 12, 6], "volume_channels": 8, "unet_channels": [8],
                                   "hidden": 16, "rays_per_view": 32, "samples_uniform": 12, "samples_importance": 4,
+                                  "real_check_steps": 3},
+                     "condense": {"volume_resolution": [12, 12, 6], "volume_channels": 8, "unet_channels": [8],
+                                  "hidden": 16, "rays_per_view": 32, "samples_uniform": 12, "samples_importance": 4,
                                   "real_check_steps": 3}},
         "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "artifact_root": str(tmp / "mlartifacts")},
     }

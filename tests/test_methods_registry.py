@@ -99,3 +99,15 @@ def test_a_method_the_dataset_cannot_feed_is_refused(monkeypatch):
                 "experiment": {"methods": ["scratch", "ppkt"], "pretrain_only": []}})
     with pytest.raises(steps.WorkflowConfigError, match="'ppkt', which needs"):
         steps.check_runnable(cfg)
+
+
+def test_the_condense_ablation_overlays_validate_and_change_one_thing():
+    from pretrain3d.config import load_config
+
+    base = load_config(REPO / "params.yaml")
+    for name, field, value in (("condense-noreg", "reg_weight", 0.0), ("condense-frozen2d", "train_blocks", 0)):
+        cfg = load_config(REPO / "params.yaml", REPO / "configs" / "ablations" / f"{name}.yaml")
+        assert cfg.experiment.name == name and cfg.experiment.methods == ["condense"]
+        assert getattr(cfg.pretrain.condense, field) == value
+        rest = cfg.pretrain.condense.model_copy(update={field: getattr(base.pretrain.condense, field)})
+        assert rest == base.pretrain.condense and cfg.experiment.seeds == base.experiment.seeds

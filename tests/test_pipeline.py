@@ -13,7 +13,7 @@ from pipeline_util import make_workdir, snakemake
 pytestmark = pytest.mark.slow
 
 
-METHODS = ("scratch", "ppkt", "ponderv2", "ponderv2_semantic")
+METHODS = ("scratch", "ppkt", "ponderv2", "ponderv2_semantic", "condense")
 RUNS = [(m, p, s) for m in METHODS for p in ("la", "probe") for s in (0, 1)]
 
 
@@ -55,6 +55,14 @@ def test_pipeline_outputs(finished):
         assert log["uses_gt_labels"] is (m == "ponderv2_semantic") and log["steps"] == 4
     real = json.loads((wd / "results/tiny/real_check/ponderv2/render.json").read_text())
     assert real["status"] == "skipped" and "Real RGB-D**: skipped" in report
+    # ConDense: feature checks per seed beside the backbone, aggregated in the report with the PCA row
+    for s in (0, 1):
+        checks = json.loads((wd / f"results/tiny/pretrain/condense/seed{s}/checks.json").read_text())
+        assert set(checks) >= {"consistency", "probe2d", "co_embedding"}
+    assert "## ConDense (reconstruction)" in report and "consistency margin" in report
+    assert (wd / "results/tiny/renders/condense-seed0-pca.png").read_bytes()[:4] == b"\x89PNG"
+    real = json.loads((wd / "results/tiny/real_check/condense/render.json").read_text())
+    assert real["status"] == "skipped" and "Real RGB-D (ConDense)**: skipped" in report
     # every rule logged, and nothing half-written left behind
     assert (wd / "logs/tiny/report.log").exists()
     assert not list(wd.rglob(".*.tmp"))

@@ -60,6 +60,14 @@ REGISTRY: dict[str, MethodSpec] = {s.name: s for s in [
                report_visual="pretrain3d.stages.render:report_renders",
                description="PonderV2 plus the semantic rendering loss against class-name text embeddings "
                            "(uses ground-truth labels)"),
+    MethodSpec("condense", "pretrain3d.methods.condense", frozenset({"scenes", "frames"}), ("pretrain.condense", "teacher"),
+               exclude=("pretrain.condense.render_chunk", "teacher.batch_size", "teacher.cache_root"),
+               check_only=("pretrain.condense.real_check_steps",),
+               after_training="pretrain3d.stages.condense_checks:after_training",
+               real_check="pretrain3d.stages.condense_checks:real_data_check",
+               report_visual="pretrain3d.stages.condense_checks:report_section",
+               description="joint 2D/3D pre-training: rendered 3D features and a trainable 2D ViT kept consistent "
+                           "(a reconstruction of Zhang et al., ECCV 2024; methods/condense.py states every choice)"),
 ]}
 
 

@@ -137,7 +137,8 @@ def pca_row(model, scene, frame_idx: int, png: Path, title: str) -> Path:
     rendered = rendered_feature_map(model, scene, frame_idx)
     teacher = image_feature_map(model, scene, frame_idx, teacher=True)
     condense = image_feature_map(model, scene, frame_idx, teacher=False)
-    masks = [None, torch.as_tensor(rendered["acc"] > 0.5).numpy(), None]
+    full = np.ones(tuple(teacher.shape[-2:]), dtype=bool)
+    masks = [full, np.asarray(rendered["acc"]) > 0.5, full]  # rendered: only rays that hit a surface
     images = pca_rgb([teacher, rendered["features"], condense], masks=masks)
     real = scene.frames.read_color(frame_idx)
     return plot_feature_pca_row([("real frame", real), ("teacher (frozen) PCA", images[0]),
