@@ -279,3 +279,17 @@ def test_frames_without_depth_are_skipped_and_counted(tiny, tmp_path):
     with pytest.raises(DataError, match="no usable RGB-D frame") as e:
         C.build(cfg, "condense", [load_processed_scene(dst, load_frames=True)], teacher=teacher)
     assert str(dst) in str(e.value)
+
+
+def test_features_are_centred_on_the_teachers_mean(tiny):
+    """The cosines are taken on features minus the teacher's mean over the training frames: the shared
+    component (which satisfies an uncentred cosine trivially) carries no consistency."""
+    cfg, s = _setup(tiny)
+    m = s.model
+    refs = torch.stack([r.mean(dim=(1, 2)) for r in m.image_net.reference_cache.values()]).mean(0)
+    assert torch.allclose(m.feature_center, refs) and m.feature_center.abs().sum() > 0
+    assert m.embed_2d(m.feature_center.view(1, -1, 1, 1), 1).abs().max() < 1e-6
+    assert "feature_center" in s.save_extras(m)["renderer"]
+    cfg_raw, s_raw = _setup(tiny, center=False)
+    f = torch.randn(2, m.image_net.dim, 3, 3)
+    assert torch.equal(s_raw.model.embed_2d(f, 1), f)

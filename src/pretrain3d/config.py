@@ -425,6 +425,9 @@ class CondenseConfig(_Strict):
                                  "are teacher + image_lr_mult * delta with delta trained (with Adam: lr x this).")
     consistency_weight: float = Field(1.0, ge=0, description="1 - cos(rendered 3D feature, 2D feature at the ray's "
                                       "pixel); both networks get its gradient.")
+    center: bool = Field(True, description="Subtract the teacher's mean feature (over the training frames) before "
+                         "both cosines: the shared component of DINOv2 features otherwise satisfies the consistency "
+                         "trivially (measured, methods/condense.py).")
     reg_weight: float = Field(1.0, ge=0, description="1 - cos(trainable 2D features, frozen teacher's) over every "
                               "cell of the step's views; 0 = no regulariser (ablation).")
     min_valid_depth: float = Field(0.05, ge=0, le=1, description="Frames with a smaller fraction of valid-depth "

@@ -97,7 +97,7 @@ def feature_checks(cfg: Params, model, train_scenes: list, val_scenes: list, see
 
     t0 = time.perf_counter()
     net, nc = model.image_net, cfg.data.num_classes
-    memo = _TrunkMemo(net, model.project)
+    memo = _TrunkMemo(net, model.embed_2d)
     geo = net.geometry
     out: dict = {"consistency": {}, "probe2d": {}}
     for name, teacher in (("teacher", True), ("condense", False)):
