@@ -136,3 +136,20 @@ def test_report_section_names_a_missing_checks_file(tmp_path):
     d.mkdir(parents=True)
     with pytest.raises(DataError, match="checks.json"):
         CC.report_section(None, [str(d / "backbone.pt")], [], tmp_path / "r")
+
+
+def test_the_checks_reuse_the_trunk_tokens_of_pre_training(tiny):
+    """The frozen trunk runs once per training frame: the checks take pre-training's cached tokens, and
+    they are exactly what running the trunk gives."""
+    from pretrain3d.data.scene import load_split_scenes
+    from pretrain3d.methods import condense
+
+    cfg = _cfg(tiny)
+    scenes = load_split_scenes(cfg.data.processed_root, "train", 20)
+    setup = condense.build(cfg, "condense", scenes)
+    net = setup.model.image_net
+    memo = CC._TrunkMemo(net, setup.model.embed_2d)
+    assert memo.reuse(scenes) == sum(len(s.frames) for s in scenes) == len(net.trunk_cache)
+    img = scenes[0].frames.read_color(1)
+    cached = memo.fn(True)([img])
+    assert torch.allclose(cached, net.reference(net.trunk(net.preprocess([img]))), atol=1e-5)

@@ -89,6 +89,10 @@ def test_a_new_method_is_one_registry_line(monkeypatch):
     names = [s.name for s, _ in steps.active_steps(cfg)]
     assert "real_check" in names and "cache_features" not in names
     assert steps.backbone(cfg, "ponder_copy", "0") in steps.STEPS["report"].inputs(cfg, {})["backbones"]
+    # the report runs the figure functions by name: they are its code deps all the same
+    report_code = steps.STEPS["report"].code({})
+    assert "src/pretrain3d/stages/render.py" in report_code
+    assert "src/pretrain3d/stages/condense_checks.py" in report_code
     stages = yaml.safe_load(dvc_yaml.generate(cfg, REPO / "params.yaml"))["stages"]
     assert "pretrain-ponder_copy" in stages and "real_check-ponder_copy" in stages
     assert "pretrain.ponderv2" in str(stages["pretrain-ponder_copy"]["params"])
@@ -105,7 +109,8 @@ def test_the_condense_ablation_overlays_validate_and_change_one_thing():
     from pretrain3d.config import load_config
 
     base = load_config(REPO / "params.yaml")
-    for name, field, value in (("condense-noreg", "reg_weight", 0.0), ("condense-frozen2d", "train_blocks", 0)):
+    for name, field, value in (("condense-noreg", "reg_weight", 0.0), ("condense-frozen2d", "train_blocks", 0),
+                               ("condense-uncentered", "center", False)):
         cfg = load_config(REPO / "params.yaml", REPO / "configs" / "ablations" / f"{name}.yaml")
         assert cfg.experiment.name == name and cfg.experiment.methods == ["condense"]
         assert getattr(cfg.pretrain.condense, field) == value

@@ -345,29 +345,12 @@ class CondenseDataset(PonderDataset):
                 return s.frames.read_color(s.frames.ids.index(fid))
         raise KeyError(key)
 
-    def _rays(self, scene, frame_idx: int, M, lo, hi, rng) -> dict:
-        # The same draws as PonderDataset._rays (so rays match PonderV2's sampler), plus pixels.
-        fr = scene.frames[frame_idx]
-        depth = scene.frames.read_depth(frame_idx)
-        color = scene.frames.read_color(frame_idx)
-        vs, us = np.nonzero(np.isfinite(depth) & (depth > 0))
-        if len(vs) == 0:
-            return {}
-        take = rng.choice(len(vs), size=min(self.pc.rays_per_view, len(vs)), replace=False)
-        vs, us = vs[take], us[take]
-        z = depth[vs, us].astype(np.float64)
-        pix = np.stack([us, vs], axis=1)
-        o, d, dist, scale = camera_rays(pix, z, fr.intrinsics, fr.pose, M)
-        hit = o + d * dist[:, None]
-        keep = np.all((hit >= lo) & (hit <= hi), axis=1) & (dist > self.pc.near)
-        if not keep.any():
-            return {}
-        out = {"o": o[keep], "d": d[keep], "dist": dist[keep], "scale": scale[keep],
-               "rgb": color[vs[keep], us[keep]].astype(np.float64) / 255.0}
+    def _view_rays(self, scene, frame, pix: np.ndarray, color: np.ndarray) -> None:
+        # PonderDataset's ray sampler calls this for every view it keeps (in order, also with 0 rays),
+        # so the 2D side sees exactly the rays the renderer gets.
         if self._parts is not None:
-            self._parts.append({"pix": pix[keep].astype(np.float32), "key": frame_key(scene.scene_id, fr.id),
+            self._parts.append({"pix": pix.astype(np.float32), "key": frame_key(scene.scene_id, frame.id),
                                 "image": torch.from_numpy(np.ascontiguousarray(color))})
-        return out
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         self._parts = []
@@ -376,7 +359,7 @@ class CondenseDataset(PonderDataset):
             parts = self._parts
         finally:
             self._parts = None
-        # PonderDataset keeps exactly the non-empty _rays results, in order: the same list as ``parts``.
+        # PonderDataset keeps every view with valid depth, in order: the same list as ``parts``.
         out["ray_pix"] = torch.from_numpy(np.concatenate([p["pix"] for p in parts]))
         out["ray_view"] = torch.cat([torch.full((len(p["pix"]),), i, dtype=torch.int64) for i, p in enumerate(parts)])
         assert len(out["ray_pix"]) == len(out["ray_dist"])

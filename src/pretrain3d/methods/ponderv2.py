@@ -182,6 +182,7 @@ class PonderDataset(Dataset):
         keep = np.all((hit >= lo) & (hit <= hi), axis=1) & (dist > self.pc.near)
         out = {"o": o[keep], "d": d[keep], "dist": dist[keep], "scale": scale[keep],
                "rgb": color[vs[keep], us[keep]].astype(np.float64) / 255.0}
+        self._view_rays(scene, fr, pix[keep], color)
         if self.semantic:
             K_inv = np.linalg.inv(fr.intrinsics)
             hom = np.concatenate([pix[keep].astype(np.float64), np.ones((int(keep.sum()), 1))], axis=1)
@@ -190,6 +191,10 @@ class PonderDataset(Dataset):
             world = cam @ fr.pose[:3, :3].T + fr.pose[:3, 3]
             out["label"] = self._labels_at(scene, world)
         return out
+
+    def _view_rays(self, scene, frame, pix: np.ndarray, color: np.ndarray) -> None:
+        """Hook: the kept rays' pixels (u, v) of one view and its image (a subclass pairs them with 2D
+        features); nothing here."""
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         idx, seed = key

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -50,15 +49,32 @@ class _TrunkMemo:
     def __init__(self, net, project=None):
         self.net, self.project, self.memo = net, project, {}
 
+    @staticmethod
+    def _key(image: np.ndarray) -> str:
+        return hashlib.sha1(image.tobytes()).hexdigest() + str(image.shape)
+
+    def reuse(self, scenes: list) -> int:
+        """Take the tokens pre-training already computed (the 2D net's trunk cache) for these scenes' frames."""
+        from pretrain3d.methods.condense import frame_key
+
+        n = 0
+        for s in scenes:
+            for i, f in enumerate(s.frames or []):
+                tok = self.net.trunk_cache.get(frame_key(s.scene_id, f.id))
+                if tok is not None:
+                    self.memo[self._key(np.ascontiguousarray(s.frames.read_color(i)))] = tok
+                    n += 1
+        return n
+
     def _tokens(self, images) -> torch.Tensor:
         imgs = [np.ascontiguousarray(np.asarray(im)) for im in images]
-        keys = [hashlib.sha1(im.tobytes()).hexdigest() + str(im.shape) for im in imgs]
+        keys = [self._key(im) for im in imgs]
         todo = [i for i, k in enumerate(keys) if k not in self.memo]
         if todo:
             tok = self.net.trunk(self.net.preprocess([imgs[i] for i in todo]))
             for j, i in enumerate(todo):
                 self.memo[keys[i]] = tok[j]
-        return torch.stack([self.memo[k] for k in keys])
+        return torch.stack([self.memo[k] for k in keys]).to(self.net.teacher._device)
 
     def fn(self, teacher: bool, projected: bool = False):
         @torch.no_grad()
@@ -98,6 +114,7 @@ def feature_checks(cfg: Params, model, train_scenes: list, val_scenes: list, see
     t0 = time.perf_counter()
     net, nc = model.image_net, cfg.data.num_classes
     memo = _TrunkMemo(net, model.embed_2d)
+    memo.reuse(train_scenes)
     geo = net.geometry
     out: dict = {"consistency": {}, "probe2d": {}}
     for name, teacher in (("teacher", True), ("condense", False)):
@@ -192,46 +209,22 @@ def real_data_check(cfg: Params, out_dir: str | Path, steps: int | None = None, 
     """ConDense for ``steps`` steps on a real RGB-D sequence (default ``data.sevenscenes.root``, every
     ``frame_step``-th frame fused), its middle frame held out; ``render.png`` (the PCA row of the
     held-out frame) and ``render.json`` (first/last losses). A missing sequence is a recorded skip."""
-    from tqdm import tqdm
-
-    from pretrain3d.data.sevenscenes import fuse_sevenscenes
-    from pretrain3d.engine.optim import build_optimizer
-    from pretrain3d.engine.seed import seed_everything
-    from pretrain3d.evaluation.plots import plot_message
     from pretrain3d.methods import condense
+    from pretrain3d.stages.real_check import real_sequence, short_run
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     steps = steps or cfg.pretrain.condense.real_check_steps
+    seq = real_sequence(cfg, out_dir, root, seed, "ConDense")
+    if isinstance(seq, dict):
+        return seq
+    scene, held, train_scene = seq
     root = Path(root if root is not None else cfg.data.sevenscenes.root)
-    if not root.is_dir():
-        reason = f"real RGB-D sequence not found at {root} (data.sevenscenes.root)"
-        plot_message(out_dir / "render.png", f"ConDense real-data check skipped:\n{reason}")
-        write_json(out_dir / "render.json", {"status": "skipped", "reason": reason})
-        log.warning("ConDense real-data check skipped: %s", reason)
-        return {"status": "skipped", "reason": reason}
-    seed_everything(seed, threads=cfg.train.threads)
-    sc = cfg.data.sevenscenes
-    scene = fuse_sevenscenes(root, frame_step=sc.frame_step, voxel_size=sc.voxel_size)
-    if len(scene.frames) < 2:
-        raise DataError(root, "need at least two RGB-D frames (one is held out)", "lower data.sevenscenes.frame_step")
-    held = len(scene.frames) // 2
-    train_scene = dataclasses.replace(
-        scene, frames=scene.frames.subset([f.id for i, f in enumerate(scene.frames) if i != held]))
     setup = condense.build(cfg, "condense", [train_scene])
     model, ds = setup.model, setup.dataset
-    opt = build_optimizer(model.parameters(), cfg.pretrain)
-    history = []
-    t0 = time.perf_counter()
-    for step in tqdm(range(steps), desc="condense (real)", disable=not progress):
-        loss, logs = setup.loss_fn(model, setup.collate([ds[(0, seed * 100003 + step)]]))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.pretrain.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.pretrain.grad_clip)
-        opt.step()
-        history.append({"loss": float(loss.detach()), **logs})
-    seconds = time.perf_counter() - t0
+    history, seconds = short_run(
+        cfg, model, lambda step: setup.loss_fn(model, setup.collate([ds[(0, seed * 100003 + step)]])), steps,
+        progress, "condense (real)")
     title = (f"ConDense on real RGB-D ({root.name}, {len(train_scene.frames)} frames, {steps} steps), "
              f"held-out frame {scene.frames[held].id}")
     pca_row(model, scene, held, out_dir / "render.png", title)

@@ -8,7 +8,6 @@ pre-trains PonderV2 briefly on one real scene with one frame held out, and rende
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -66,47 +65,22 @@ def real_data_check(cfg: Params, out_dir: str | Path, steps: int | None = None, 
     render that frame. Writes ``render.png`` and ``render.json`` (losses of the first and last steps,
     held-out depth error) in ``out_dir``. A missing sequence is a recorded skip (``status: skipped``
     with the reason, and a PNG that says so), so the pipeline runs where the fixture is absent."""
-    from tqdm import tqdm
-
-    from pretrain3d.data.sevenscenes import fuse_sevenscenes
-    from pretrain3d.engine.optim import build_optimizer
-    from pretrain3d.engine.seed import seed_everything
-    from pretrain3d.evaluation.plots import plot_message
     from pretrain3d.methods.ponderv2 import PonderDataset, PonderV2Model, ponder_collate
     from pretrain3d.models.segmentor import build_backbone
+    from pretrain3d.stages.real_check import real_sequence, short_run
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     steps = steps or cfg.pretrain.ponderv2.real_check_steps
+    seq = real_sequence(cfg, out_dir, root, seed, "PonderV2")
+    if isinstance(seq, dict):
+        return seq
+    scene, held, train_scene = seq
     root = Path(root if root is not None else cfg.data.sevenscenes.root)
-    if not root.is_dir():
-        reason = f"real RGB-D sequence not found at {root} (data.sevenscenes.root)"
-        plot_message(out_dir / "render.png", f"PonderV2 real-data check skipped:\n{reason}")
-        write_json(out_dir / "render.json", {"status": "skipped", "reason": reason})
-        log.warning("PonderV2 real-data check skipped: %s", reason)
-        return {"status": "skipped", "reason": reason}
-    seed_everything(seed, threads=cfg.train.threads)
-    sc = cfg.data.sevenscenes
-    scene = fuse_sevenscenes(root, frame_step=sc.frame_step, voxel_size=sc.voxel_size)
-    if len(scene.frames) < 2:
-        raise DataError(root, "need at least two RGB-D frames (one is held out)", "lower data.sevenscenes.frame_step")
-    held = len(scene.frames) // 2
-    train_scene = dataclasses.replace(
-        scene, frames=scene.frames.subset([f.id for i, f in enumerate(scene.frames) if i != held]))
     ds = PonderDataset([train_scene], cfg.pretrain, cfg.train.grid_size)
     model = PonderV2Model(build_backbone(cfg.model), cfg.pretrain.ponderv2)
-    opt = build_optimizer(model.parameters(), cfg.pretrain)
-    history = []
-    t0 = time.perf_counter()
-    for step in tqdm(range(steps), desc="ponderv2 (real)", disable=not progress):
-        loss, logs = model.loss(ponder_collate([ds[(0, seed * 100003 + step)]]))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.pretrain.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.pretrain.grad_clip)
-        opt.step()
-        history.append({"loss": float(loss.detach()), **logs})
-    seconds = time.perf_counter() - t0
+    history, seconds = short_run(cfg, model, lambda step: model.loss(ponder_collate([ds[(0, seed * 100003 + step)]])),
+                                 steps, progress, "ponderv2 (real)")
     info = render_scene_view(cfg, model, scene, held, out_dir / "render.png", out_dir / "render_view.json", "cpu",
                              title=f"PonderV2 on real RGB-D ({root.name}, {len(train_scene.frames)} frames, "
                                    f"{steps} steps), held-out")

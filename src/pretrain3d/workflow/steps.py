@@ -17,7 +17,7 @@ overwrite or stand in for each other; data and the feature cache are keyed by th
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -285,7 +285,9 @@ STEPS: dict[str, Step] = {s.name: s for s in [
          outputs=lambda cfg, w: {"references": "results/references.json"},
          fields=lambda cfg, w: ("tracking.uri", "tracking.experiment", "tracking.enabled"),
          extra_deps=("tracking/paper_references.yaml",)),
-    Step("report", "pretrain3d.stages.report", (),
+    # the report runs the registered methods' figure functions (resolved by name, so not imports)
+    Step("report", lambda w: ("pretrain3d.stages.report", *(m for s in registry.REGISTRY.values()
+                                                             for m in _modules(s.report_visual))), (),
          inputs=_report_inputs, outputs=lambda cfg, w: report_outputs(cfg),
          fields=lambda cfg, w: ("experiment", "data.dataset", "data.num_classes"),
          directory_outputs=("renders",)),
