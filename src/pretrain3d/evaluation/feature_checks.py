@@ -501,13 +501,23 @@ def pixel_probe(
     "val_pixels"}`` (per-class dicts keyed by ``class_names``, default ``class_<c>``; metrics as in
     ``evaluation.metrics``: classes absent from the val pixels and never predicted are None).
     """
-    from pretrain3d.methods.linear_probe import feature_standardization
-
     rng = np.random.default_rng(seed)
     xtr, ytr = collect_pixel_features(fn, geometry, train_scenes, pixels_per_frame, rng, radius=radius,
                                       frame_step=frame_step, batch_size=batch_size)
     xva, yva = collect_pixel_features(fn, geometry, val_scenes, pixels_per_frame, rng, radius=radius,
                                       frame_step=frame_step, batch_size=batch_size)
+    return probe_on_features(xtr, ytr, xva, yva, num_classes, epochs, lr, seed, weight_decay=weight_decay,
+                             fit_batch_size=fit_batch_size, class_names=class_names)
+
+
+def probe_on_features(xtr, ytr, xva, yva, num_classes: int, epochs: int = 20, lr: float = 0.01, seed: int = 0, *,
+                      weight_decay: float = 0.0, fit_batch_size: int = 1024,
+                      class_names: Sequence[str] | None = None) -> dict:
+    """``pixel_probe``'s classifier on features already collected (train rows ``xtr``/``ytr``, val rows
+    ``xva``/``yva``): standardised with the train rows' statistics, zero-initialised linear layer.
+    Several feature sources sampled at the same pixels share one collection this way."""
+    from pretrain3d.methods.linear_probe import feature_standardization
+
     if len(ytr) == 0 or len(yva) == 0:
         raise ValueError(f"pixel probe: no labelled pixels ({len(ytr)} train, {len(yva)} val); "
                          "check the frames' depth and the label radius")

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 PIXELS_PER_FRAME = 256      # labelled pixels per frame for the 2D probe / co-embedding
 POINTS_PER_SCENE = 2048     # labelled points per scene for the co-embedding
 PAIRS_PER_SCENE = 4         # view pairs per val scene for the consistency
+TRAIN_FRAME_STEP = 2        # every 2nd training frame (pixels) and scene (points) fits the classifiers
 
 
 class _TrunkMemo:
@@ -121,15 +122,25 @@ def feature_checks(cfg: Params, model, train_scenes: list, val_scenes: list, see
         c = fc.cross_view_consistency(memo.fn(teacher), geo, val_scenes, pairs_per_scene=PAIRS_PER_SCENE, rng=seed)
         out["consistency"][name] = {k: float(c[k]) for k in ("matched_cos", "random_cos", "margin")}
         out["consistency"]["pixel_pairs"] = int(c["pixel_pairs"])
-        p = fc.pixel_probe(memo.fn(teacher), geo, train_scenes, val_scenes, nc, epochs=cfg.protocols.probe_epochs,
-                           lr=cfg.protocols.probe_lr, seed=seed, pixels_per_frame=PIXELS_PER_FRAME)
+    # One pass over the frames samples the teacher's, the 2D net's and its embedded (centred) features
+    # at the same labelled pixels: channels stacked, split after (sampling is per channel).
+    D = net.dim
+    teacher_fn, net_fn, emb_fn = memo.fn(True), memo.fn(False), memo.fn(False, projected=True)
+
+    def stacked(images):
+        return torch.cat([teacher_fn(images), net_fn(images), emb_fn(images)], dim=1)
+
+    rng = np.random.default_rng(seed)
+    xtr, ytr = fc.collect_pixel_features(stacked, geo, train_scenes, PIXELS_PER_FRAME, rng,
+                                         frame_step=TRAIN_FRAME_STEP)
+    xva, yva = fc.collect_pixel_features(stacked, geo, val_scenes, PIXELS_PER_FRAME, rng)
+    for name, cols in (("teacher", slice(0, D)), ("condense", slice(D, 2 * D))):
+        p = fc.probe_on_features(xtr[:, cols], ytr, xva[:, cols], yva, nc, epochs=cfg.protocols.probe_epochs,
+                                 lr=cfg.protocols.probe_lr, seed=seed)
         out["probe2d"][name] = {"miou": _miou(p), "macc": float(p["macc"]), "allacc": float(p["allacc"]),
                                 "train_pixels": int(p["train_pixels"]), "val_pixels": int(p["val_pixels"])}
-    f2_train, y2_train = fc.collect_pixel_features(memo.fn(False, projected=True), geo, train_scenes,
-                                                   PIXELS_PER_FRAME, rng=seed)
-    f2_val, y2_val = fc.collect_pixel_features(memo.fn(False, projected=True), geo, val_scenes,
-                                               PIXELS_PER_FRAME, rng=seed + 1)
-    f3_train, y3_train = _point_set(model, train_scenes, seed, device)
+    f2_train, y2_train, f2_val, y2_val = xtr[:, 2 * D:], ytr, xva[:, 2 * D:], yva
+    f3_train, y3_train = _point_set(model, train_scenes[::TRAIN_FRAME_STEP], seed, device)
     f3_val, y3_val = _point_set(model, val_scenes, seed + 1, device)
     two_three = fc.co_embedding_transfer(f2_train, y2_train, f3_val, y3_val, nc, seed=seed)
     three_two = fc.co_embedding_transfer(f3_train, y3_train, f2_val, y2_val, nc, seed=seed)
