@@ -153,3 +153,18 @@ def test_the_checks_reuse_the_trunk_tokens_of_pre_training(tiny):
     img = scenes[0].frames.read_color(1)
     cached = memo.fn(True)([img])
     assert torch.allclose(cached, net.reference(net.trunk(net.preprocess([img]))), atol=1e-5)
+
+
+def test_report_section_shows_a_gap_where_no_views_overlap(tmp_path):
+    """Val scenes without overlapping views give no consistency (None): the report says —, not a number."""
+    d = tmp_path / "pretrain" / "condense" / "seed0"
+    d.mkdir(parents=True)
+    c = _checks(0.1, 0.2, 0.2, 0.25, 0.1, 0.12)
+    for side in ("teacher", "condense"):
+        c["consistency"][side] = {"matched_cos": None, "random_cos": None, "margin": None}
+    (d / "checks.json").write_text(json.dumps(c))
+    text, _ = CC.report_section(None, [str(d / "backbone.pt")], [], tmp_path / "r")
+    assert "| consistency margin (same − random) | — | — |" in text
+    run = _Run()
+    CC._log_checks(run, c)
+    assert "check/consistency_margin/teacher" not in run.metrics and "check/probe2d_miou/teacher" in run.metrics

@@ -29,11 +29,11 @@ class ExperimentConfig(_Strict):
     name: str = Field("embedded-benchmark", description="Label of this benchmark; used in MLflow run names.")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Every method runs once per seed.")
     methods: list[str] = Field(
-        ["scratch", "ppkt", "ponderv2"], min_length=1,
+        ["scratch", "ppkt", "ponderv2", "condense"], min_length=1,
         description="Methods to compare, by their names in pretrain3d.methods.registry. scratch: no pre-training; "
         "ppkt: pixel-to-point distillation; ponderv2: neural-rendering pre-training on RGB-D only (label-free); "
         "ponderv2_semantic: the same plus the semantic rendering loss, which uses ground-truth labels (tagged "
-        "uses_gt_labels=true).")
+        "uses_gt_labels=true); condense: joint 2D/3D training by rendered-feature consistency (a reconstruction).")
     pretrain_only: list[str] = Field(
         ["ponderv2_semantic"], description="Methods pre-trained once (first seed) for inspection only -- MLflow run, "
         "held-out render in the report -- but not fine-tuned or compared. Default: PonderV2's +semantic variant, "

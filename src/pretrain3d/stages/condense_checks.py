@@ -107,6 +107,14 @@ def _miou(d: dict) -> float:
     return float(d["miou"])
 
 
+def _num(v) -> float | None:
+    return None if v is None else float(v)
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def feature_checks(cfg: Params, model, train_scenes: list, val_scenes: list, seed: int, device,
                    control_model=None) -> dict:
     """The numbers of the module docstring (plain floats, fractions not percentages)."""
@@ -120,7 +128,8 @@ def feature_checks(cfg: Params, model, train_scenes: list, val_scenes: list, see
     out: dict = {"consistency": {}, "probe2d": {}}
     for name, teacher in (("teacher", True), ("condense", False)):
         c = fc.cross_view_consistency(memo.fn(teacher), geo, val_scenes, pairs_per_scene=PAIRS_PER_SCENE, rng=seed)
-        out["consistency"][name] = {k: float(c[k]) for k in ("matched_cos", "random_cos", "margin")}
+        # None where the val scenes have no overlapping views (a recorded gap, shown as — in the report)
+        out["consistency"][name] = {k: _num(c[k]) for k in ("matched_cos", "random_cos", "margin")}
         out["consistency"]["pixel_pairs"] = int(c["pixel_pairs"])
     # One pass over the frames samples the teacher's, the 2D net's and its embedded (centred) features
     # at the same labelled pixels: channels stacked, split after (sampling is per channel).
@@ -175,14 +184,14 @@ def pca_row(model, scene, frame_idx: int, png: Path, title: str) -> Path:
 
 
 def _log_checks(run, checks: dict) -> None:
-    m = {}
+    m: dict = {}
     for name in ("teacher", "condense"):
         m[f"check/consistency_margin/{name}"] = checks["consistency"][name]["margin"]
         m[f"check/consistency_matched_cos/{name}"] = checks["consistency"][name]["matched_cos"]
         m[f"check/probe2d_miou/{name}"] = checks["probe2d"][name]["miou"]
     for k, v in checks["co_embedding"].items():
         m[f"check/co_embedding/{k}"] = v["transfer_miou"]
-    run.log_metrics(m)
+    run.log_metrics({k: v for k, v in m.items() if v is not None})
 
 
 def after_training(ctx) -> dict:
@@ -205,12 +214,12 @@ def after_training(ctx) -> dict:
     ctx.run.log_artifact(png)
     ctx.run.log_artifact(out / "checks.json")
     c = checks["consistency"]
-    log.info("ConDense checks: consistency margin teacher %.3f -> ConDense 2D %.3f; 2D probe mIoU %.3f -> %.3f; "
-             "co-embedding 2D->3D %.3f (untrained 3D: %.3f), 3D->2D %.3f (%.0f s)", c["teacher"]["margin"],
-             c["condense"]["margin"], checks["probe2d"]["teacher"]["miou"], checks["probe2d"]["condense"]["miou"],
-             checks["co_embedding"]["2d_to_3d"]["transfer_miou"],
-             checks["co_embedding"].get("control_2d_to_untrained_3d", {}).get("transfer_miou", float("nan")),
-             checks["co_embedding"]["3d_to_2d"]["transfer_miou"], checks["seconds"])
+    co = checks["co_embedding"]
+    log.info("ConDense checks: consistency margin teacher %s -> ConDense 2D %s; 2D probe mIoU %.3f -> %.3f; "
+             "co-embedding 2D->3D %.3f (untrained 3D: %s), 3D->2D %.3f (%.0f s)", _fmt(c["teacher"]["margin"]),
+             _fmt(c["condense"]["margin"]), checks["probe2d"]["teacher"]["miou"], checks["probe2d"]["condense"]["miou"],
+             co["2d_to_3d"]["transfer_miou"], _fmt(co.get("control_2d_to_untrained_3d", {}).get("transfer_miou")),
+             co["3d_to_2d"]["transfer_miou"], checks["seconds"])
     return {"checks": checks}
 
 
@@ -258,8 +267,8 @@ def real_data_check(cfg: Params, out_dir: str | Path, steps: int | None = None, 
 
 
 # ---------------------------------------------------------------------------------- report
-def _mean_std(values: list[float]) -> str:
-    v = [100 * x for x in values]
+def _mean_std(values: list) -> str:
+    v = [100 * x for x in values if x is not None]
     if not v:
         return "—"
     return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
