@@ -126,6 +126,33 @@ def test_neus_renders_the_distance_to_an_analytic_surface():
     assert (close >= 8).all()
 
 
+def test_rendered_semantic_feature_is_the_weighted_sum_of_per_sample_features():
+    """The renderer composites the semantic MLP's hidden layer and decodes once per ray; that must equal
+    compositing the per-sample features (the last layer is linear, its bias scaled by the ray's weight)."""
+    from pretrain3d.models.neural_field import NeuralField
+
+    torch.manual_seed(0)
+    field = NeuralField(8, hidden=16, semantic_dim=5).eval()
+    with torch.no_grad():
+        field.semantic_mlp[2].bias.normal_()  # a non-zero bias, or the weight-sum scaling is untested
+    vol = torch.randn(1, 8, 6, 6, 6)
+    lo, hi = torch.full((1, 3), -0.5), torch.full((1, 3), 0.5)
+    origins = torch.rand(20, 3) * 0.4 - 0.2
+    dirs = F.normalize(torch.randn(20, 3), dim=1)
+    r = render_rays(field, vol, lo, hi, origins, dirs, n_uniform=16, n_importance=8, upsample_steps=1, near=0.01,
+                    perturb=False, with_semantic=True)
+    R, N = r["t"].shape
+    pts = origins[:, None] + dirs[:, None] * r["t"][..., None]
+    out = field(vol, pts.reshape(1, -1, 3), dirs[:, None].expand(R, N, 3).reshape(1, -1, 3), lo, hi, with_semantic=True)
+    per_sample = field.semantic_mlp[2](out["semantic_hidden"])  # the MLP's own last layer, per sample
+    expected = (r["weights"][..., None] * per_sample.reshape(R, N, -1)).sum(1)
+    assert r["acc"].min() < 0.99  # some rays do not saturate: the bias scaling matters
+    torch.testing.assert_close(r["semantic"], expected, rtol=1e-5, atol=1e-5)
+    # and decode_semantic is the MLP's own last layer
+    h = torch.randn(7, 16)
+    torch.testing.assert_close(field.decode_semantic(h), field.semantic_mlp[2](h))
+
+
 def test_sample_pdf_follows_the_weights():
     bins = torch.linspace(0, 1, 11)[None]
     w = torch.zeros(1, 10)

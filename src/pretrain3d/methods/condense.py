@@ -631,7 +631,7 @@ def point_features(model: CondenseModel, scene, device="cpu", grid_size: float |
         for i in range(0, len(pts), chunk):
             p = pts[None, i:i + chunk]
             r = model.field(vol, p, torch.zeros_like(p), box[None, 0], box[None, 1], with_semantic=True)
-            out.append(r["semantic"][0].detach().cpu())
+            out.append(model.field.decode_semantic(r["semantic_hidden"][0]).detach().cpu())
         return torch.cat(out)
     finally:
         model.train(was)

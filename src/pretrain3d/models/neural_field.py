@@ -5,6 +5,11 @@ beta = 100, as NeuS/PonderV2), appearance features feed the colour and semantic 
 the SDF MLP's geometry feature, the SDF gradient (the surface normal) and, for colour, the view
 direction. Sizes follow shared/reference/methods.md section 3 (paper: 64 + 64 volume channels,
 hidden 128, one block; semantic output = the text-embedding width).
+
+The semantic MLP's last layer is linear, so a volume-rendered feature sum_i w_i (W h_i + b) equals
+W (sum_i w_i h_i) + b sum_i w_i: the renderer composites the hidden layer and decodes once per ray
+(``decode_semantic``) instead of once per sample -- the same result, a ray's samples (48 here) fewer
+(hidden x D) matmuls, which were most of ConDense's backward pass at D = 384.
 """
 
 from __future__ import annotations
@@ -69,5 +74,13 @@ class NeuralField(nn.Module):
         if with_semantic:
             if self.semantic_mlp is None:
                 raise ValueError("this field has no semantic head (semantic_dim was not set)")
-            out["semantic"] = self.semantic_mlp(h)
+            out["semantic_hidden"] = self.semantic_mlp[1](self.semantic_mlp[0](h))
         return out
+
+    def decode_semantic(self, hidden: torch.Tensor, weight_sum: torch.Tensor | None = None) -> torch.Tensor:
+        """The semantic MLP's last (linear) layer on ``hidden`` (..., hidden): a per-point feature, or, for
+        a weighted sum of hidden vectors, the same weighted sum of features when ``weight_sum`` (...,)
+        is the sum of the weights (the bias is scaled by it)."""
+        last = self.semantic_mlp[2]
+        out = hidden @ last.weight.T
+        return out + (last.bias if weight_sum is None else weight_sum[..., None] * last.bias)

@@ -147,5 +147,7 @@ def render_rays(field, volume: torch.Tensor, box_lo: torch.Tensor, box_hi: torch
         "t": mid, "sdf": sdf, "grad": grad, "weights": w,
     }
     if with_semantic:
-        res["semantic"] = (w[..., None] * out["semantic"].reshape(R, N, -1)).sum(1)
+        # composite the semantic MLP's hidden layer, decode once per ray (exact: its last layer is linear)
+        hidden = (w[..., None] * out["semantic_hidden"].reshape(R, N, -1)).sum(1)
+        res["semantic"] = field.decode_semantic(hidden, res["acc"])
     return res
