@@ -39,7 +39,7 @@ from pretrain3d.data import synthetic as syn  # noqa: E402
 from pretrain3d.data.scannet_like import preprocess_scannet_like  # noqa: E402
 from pretrain3d.engine.seed import resolve_device, seed_everything  # noqa: E402
 from pretrain3d.methods import condense as C  # noqa: E402
-from pretrain3d.methods.ppkt import load_pretrain_scenes  # noqa: E402
+from pretrain3d.data.scene import load_split_scenes  # noqa: E402
 
 
 def main() -> int:
@@ -70,7 +70,7 @@ def main() -> int:
                              width=s.image_width, height=s.image_height, points_per_m2=s.points_per_m2, workers=1,
                              progress=False)
         preprocess_scannet_like(tmp / "raw", tmp / "processed", workers=1, progress=False)
-        scenes = load_pretrain_scenes(tmp / "processed", "train", cfg.data.num_classes)
+        scenes = load_split_scenes(tmp / "processed", "train", cfg.data.num_classes)
         print(f"device {device}, {args.threads} thread(s); batch {args.batch} scenes x {cc0.views} views; "
               f"train_blocks {cc0.train_blocks}; feature dim {cc0.feature_dim or teacher.dim}; volume {'x'.join(map(str, cc0.volume_resolution))}, "
               f"{cc0.samples_uniform}+{cc0.samples_importance} samples/ray; grid {cfg.train.grid_size} m")

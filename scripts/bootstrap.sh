@@ -20,7 +20,7 @@ PY_WANT=3.11
 VENV=${PRETRAIN3D_VENV:-.venv}
 case $VENV in /*) ;; *) VENV=$PWD/$VENV ;; esac
 TORCH_INDEX=${PRETRAIN3D_TORCH_INDEX-https://download.pytorch.org/whl/cpu}
-IMPORTS="torch spconv open3d snakemake dvc mlflow onnx tokenizers safetensors pretrain3d"
+IMPORTS="torch spconv open3d snakemake dvc mlflow onnx tokenizers safetensors cv2 pretrain3d"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 say() { echo "[bootstrap] $*" >&2; }

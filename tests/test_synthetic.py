@@ -342,3 +342,45 @@ def test_generate_dataset_is_worker_independent(tmp_path):
     mtime = ply.stat().st_mtime_ns
     syn.generate_dataset(a, workers=1, **kw)
     assert ply.stat().st_mtime_ns == mtime
+
+
+def test_a_rescan_is_the_same_room_captured_again_with_a_few_objects_moved():
+    seed = syn.scene_seed(3, "val", 1)
+    a = syn.generate_scene(seed, num_frames=2, width=64, height=48, points_per_m2=150.0, nthreads=1)
+    b = syn.generate_scene(syn.scene_seed(3, "val", 1), num_frames=2, width=64, height=48, points_per_m2=150.0,
+                           nthreads=1, rescan=1)
+    b2 = syn.generate_scene(syn.scene_seed(3, "val", 1), num_frames=2, width=64, height=48, points_per_m2=150.0,
+                            nthreads=1, rescan=1)
+    c = syn.generate_scene(syn.scene_seed(3, "val", 1), num_frames=2, width=64, height=48, points_per_m2=150.0,
+                           nthreads=1, rescan=2)
+    np.testing.assert_array_equal(b.coord, b2.coord)  # deterministic
+    assert a.theme == b.theme and np.array_equal(a.room_size, b.room_size)
+    assert [o["class"] for o in a.objects] == [o["class"] for o in b.objects]
+    moved = [oa["class"] for oa, ob in zip(a.objects, b.objects) if oa["aabb"] != ob["aabb"]]
+    assert 1 <= len(moved) <= 3 and set(moved) <= set(syn.MOVABLE), moved
+    for oa, ob in zip(a.objects, b.objects):
+        if oa["aabb"] != ob["aabb"]:  # a moved object stays inside the room
+            lo, hi = np.array(ob["aabb"])
+            assert np.all(lo[:2] > 0) and np.all(hi[:2] < b.room_size[:2])
+    # a new capture: other camera path, other surface samples and noise
+    assert np.abs(a.poses - b.poses).max() > 0.1
+    assert a.coord.shape != b.coord.shape or not np.array_equal(a.coord, b.coord)
+    assert not np.array_equal(b.coord, c.coord[: len(b.coord)]) or len(b.coord) != len(c.coord)
+
+
+def test_generate_dataset_writes_rescans_as_their_own_split(tmp_path):
+    kw = dict(num_train=1, num_val=2, seed=7, frames_per_scene=1, width=48, height=32, points_per_m2=40.0,
+              progress=False)
+    plain = syn.generate_dataset(tmp_path / "a", **kw)
+    meta = syn.generate_dataset(tmp_path / "b", rescans=2, **kw)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert "rescans" not in plain and not (a / "splits" / "rescan.txt").exists()
+    ids = ["synth_val_0000_r1", "synth_val_0000_r2", "synth_val_0001_r1", "synth_val_0001_r2"]
+    assert (b / "splits" / "rescan.txt").read_text().split() == ids
+    assert meta["rescan_of"] == {i: i[:-3] for i in ids} and set(ids) <= set(meta["scenes"])
+    # train and val are the same files, byte for byte
+    for rel in [p.relative_to(a) for p in (a / "scans").rglob("*") if p.is_file()]:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    # rescans dropped again: the split file goes too
+    syn.generate_dataset(b, **kw)
+    assert not (b / "splits" / "rescan.txt").exists()

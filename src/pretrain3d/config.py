@@ -359,9 +359,10 @@ class PonderV2LossWeights(_Strict):
                             "(ponderv2_semantic only).")
 
 
-class PonderV2Config(_Strict):
-    """Pre-training by differentiable neural rendering (Zhu et al., arXiv 2310.08586). Paper values in the
-    descriptions; the defaults are sized for 2 CPU cores (configs/scannet-ponderv2.yaml has the paper's)."""
+class RenderingConfig(_Strict):
+    """The feature volume, neural field and rays shared by the rendering methods (PonderV2, ConDense).
+    PonderV2 paper values (Zhu et al., arXiv 2310.08586) in the descriptions; the defaults are sized for
+    2 CPU cores (configs/scannet-ponderv2.yaml has the paper's)."""
 
     input_dropout: float = Field(0.0, ge=0, lt=1, description="Fraction of input points dropped before "
                                  "voxelisation (paper: 0.8 at 2 cm).")
@@ -371,7 +372,7 @@ class PonderV2Config(_Strict):
                                  "(paper: 128 = 64 + 64).")
     unet_channels: list[int] = Field([16, 32], min_length=1, description="Dense 3D UNet widths per level "
                                      "(paper: f_maps 32, 4 levels).")
-    hidden: int = Field(64, ge=8, description="Width of the SDF / colour / semantic MLPs (paper: 128).")
+    hidden: int = Field(64, ge=8, description="Width of the SDF / colour / semantic (feature) MLPs (paper: 128).")
     views: int = Field(2, ge=1, description="RGB-D views rendered per scene and step (paper: 5).")
     rays_per_view: int = Field(128, ge=1, description="Random valid-depth pixels per view (paper: 256).")
     samples_uniform: int = Field(32, ge=2, description="Stratified samples per ray (paper: 96).")
@@ -382,6 +383,12 @@ class PonderV2Config(_Strict):
                                "rays, in unit-cube units.")
     variance_init: float = Field(0.3, description="NeuS learned variance init; inv_s = exp(10 v) (paper: 0.3).")
     truncation: float = Field(0.05, gt=0, description="SDF truncation band in unit-cube units (paper: 0.05).")
+
+
+class PonderV2Config(RenderingConfig):
+    """Pre-training by differentiable neural rendering (Zhu et al., arXiv 2310.08586); the volume, field and
+    ray settings are ``RenderingConfig``'s."""
+
     loss_weights: PonderV2LossWeights = PonderV2LossWeights()
     semantic_tau: float = Field(0.01, gt=0, description="Semantic InfoNCE temperature (paper: 0.01).")
     text_encoder: Literal["minilm_l6_v2", "clip_vit_b16"] = Field(
@@ -410,10 +417,10 @@ class CondenseLossWeights(_Strict):
     eikonal: float = Field(0.01, ge=0, description="(|grad sdf| - 1)^2.")
 
 
-class CondenseConfig(_Strict):
+class CondenseConfig(RenderingConfig):
     """ConDense-style 2D/3D joint pre-training (Zhang et al., ECCV 2024, arXiv 2408.17027) -- a reconstruction:
     the paper's method section was not available (shared/reference/condense.md); the choices are
-    documented in methods/condense.py. Volume / ray settings mirror pretrain.ponderv2's defaults."""
+    documented in methods/condense.py. Volume / field / ray settings: ``RenderingConfig`` (as PonderV2's)."""
 
     train_blocks: int = Field(2, ge=0, description="Top ViT blocks (+ final norm) of the 2D network that train; "
                               "0 = the 2D network stays the frozen teacher (ablation '2D frozen').")
@@ -432,21 +439,6 @@ class CondenseConfig(_Strict):
                               "cell of the step's views; 0 = no regulariser (ablation).")
     min_valid_depth: float = Field(0.05, ge=0, le=1, description="Frames with a smaller fraction of valid-depth "
                                    "pixels are skipped (recorded in the dataset's stats).")
-    input_dropout: float = Field(0.0, ge=0, lt=1, description="Fraction of input points dropped before voxelisation.")
-    volume_resolution: tuple[int, int, int] = Field((32, 32, 16), description="Dense grid (x, y, z) over the "
-                                                    "scene's bounding box.")
-    volume_channels: int = Field(32, ge=2, description="Dense UNet output, half geometry / half appearance.")
-    unet_channels: list[int] = Field([16, 32], min_length=1, description="Dense 3D UNet widths per level.")
-    hidden: int = Field(64, ge=8, description="Width of the SDF / colour / feature MLPs.")
-    views: int = Field(2, ge=1, description="Posed RGB-D views per scene and step.")
-    rays_per_view: int = Field(128, ge=1, description="Random valid-depth pixels per view.")
-    samples_uniform: int = Field(32, ge=2, description="Stratified samples per ray.")
-    samples_importance: int = Field(16, ge=0, description="NeuS importance samples per ray.")
-    upsample_steps: int = Field(1, ge=0, description="NeuS up-sampling rounds.")
-    near: float = Field(0.01, ge=0, description="Near plane in unit-cube units.")
-    box_padding: float = Field(0.03, ge=0, description="Padding of the scene box (unit-cube units).")
-    variance_init: float = Field(0.3, description="NeuS learned variance init; inv_s = exp(10 v).")
-    truncation: float = Field(0.05, gt=0, description="SDF truncation band in unit-cube units.")
     loss_weights: CondenseLossWeights = CondenseLossWeights()
     render_scale: float = Field(0.25, gt=0, le=1, description="Resolution factor of rendered feature maps (PCA check).")
     render_chunk: int = Field(512, ge=1, description="Rays per chunk when rendering a whole view.")

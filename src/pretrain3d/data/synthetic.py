@@ -1477,6 +1477,37 @@ def _camera_path(rng, room, objects: list[SceneObject], n: int) -> np.ndarray:
     return np.stack(poses) if poses else np.zeros((0, 4, 4))
 
 
+_RESCAN_KEY = 0x5CA7  # spawn-key element of a rescan's random streams (disjoint from scene_seed's)
+# what a person moves between two captures of a room
+MOVABLE = ("chair", "pillow", "books", "otherprop", "otherfurniture")
+
+
+def _move_objects(rng, lay: "_Layout", n: int) -> list[int]:
+    """Shift and turn up to ``n`` movable objects of ``lay`` in place; returns the indices of those moved."""
+    idx = [i for i, o in enumerate(lay.objects) if o.cls in MOVABLE]
+    if not idx or n <= 0:
+        return []
+    pick = sorted(int(i) for i in rng.choice(idx, size=min(n, len(idx)), replace=False))
+    L = lay.L
+    moved = []
+    for i in pick:
+        o = lay.objects[i]
+        lo, hi = o.aabb()
+        c = (lo + hi) / 2
+        for _ in range(20):  # a shift and turn that keep the footprint inside the room
+            ang, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0.15, 0.5)
+            Rw = _rz(rng.uniform(-np.pi / 6, np.pi / 6))
+            t = c + np.array([dist * math.cos(ang), dist * math.sin(ang), 0.0]) - Rw @ c  # turn about the centre
+            prims = [p.moved(Rw, t) for p in o.prims]
+            a = np.min([p.aabb()[0] for p in prims], 0)
+            b = np.max([p.aabb()[1] for p in prims], 0)
+            if np.all(a[:2] > 0.02) and np.all(b[:2] < L[:2] - 0.02):
+                o.prims = prims
+                moved.append(i)
+                break
+    return moved
+
+
 def default_intrinsics(width: int, height: int) -> np.ndarray:
     f = 0.9 * width
     return np.array([[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
@@ -1495,18 +1526,29 @@ def generate_scene(
     pos_noise: float = 0.005,
     color_noise: float = 3.0,
     nthreads: int = 0,
+    rescan: int = 0,
+    moved_objects: int = 3,
 ) -> SyntheticScene:
     """Generate one scene; bit-identical for the same arguments.
 
     ``seed`` may be an int or a SeedSequence (see ``scene_seed``). ``theme`` picks the room
     type (one of ``THEMES``; random when None). ``nthreads`` is passed to Open3D's ray caster
     (0 = all cores).
+
+    ``rescan`` k > 0 re-captures the same room (as ScanNet's ``sceneXXXX_01``, ``_02``): the layout
+    comes from the same seed, but the surface sampling, the sensor noise and the camera path are
+    drawn anew, and ``moved_objects`` movable objects (chairs, pillows, props, ...) are shifted by
+    0.15-0.5 m and turned by up to 30 degrees (kept inside the room; they may touch a neighbour).
     """
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(int(seed))
     r_layout, r_sample, r_noise, r_cam = (np.random.default_rng(s) for s in ss.spawn(4))
     if theme is None:
         theme = THEMES[int(r_layout.choice(len(THEMES), p=_THEME_P))]
     lay = _build_layout(r_layout, theme, room_size)
+    if rescan:
+        rs = np.random.SeedSequence(ss.entropy, spawn_key=tuple(ss.spawn_key) + (_RESCAN_KEY, int(rescan)))
+        r_sample, r_noise, r_cam, r_move = (np.random.default_rng(s) for s in rs.spawn(4))
+        _move_objects(r_move, lay, moved_objects)
     Lx, Ly, H = lay.L
     struct = _structure(r_layout, Lx, Ly, H)
     objects: list[SceneObject] = []
@@ -1670,9 +1712,14 @@ def write_raw_scene(out_dir_root, scene_id: str, scene: SyntheticScene, write_fr
     return final
 
 
+def rescan_id(split: str, index: int, rescan: int) -> str:
+    """Scene id of scene ``index`` of ``split``; rescans k > 0 get a suffix (``synth_val_0003_r1``)."""
+    return f"synth_{split}_{index:04d}" + (f"_r{rescan}" if rescan else "")
+
+
 def _generate_one(job: tuple) -> dict:
     root, split, index, seed, kw, resume = job
-    scene_id = f"synth_{split}_{index:04d}"
+    scene_id = rescan_id(split, index, kw.get("rescan", 0))
     params = _scene_params(kw, [seed, split, index])
     gpath = Path(root) / "scans" / scene_id / "generator.json"
     if resume and gpath.exists():
@@ -1707,6 +1754,7 @@ def _scene_params(kw: dict, seed_triple) -> dict:
         "pos_noise": kw.get("pos_noise", 0.005),
         "color_noise": kw.get("color_noise", 3.0),
         "theme": kw.get("theme"),
+        **({"rescan": kw["rescan"], "moved_objects": kw.get("moved_objects", 3)} if kw.get("rescan") else {}),
     }
 
 
@@ -1723,6 +1771,7 @@ def generate_dataset(
     progress: bool = True,
     resume: bool = True,
     themes: str = "cycle",
+    rescans: int = 0,
 ) -> dict:
     """Write ``num_train`` + ``num_val`` scenes under ``root`` (see ``write_raw_scene``).
 
@@ -1732,6 +1781,9 @@ def generate_dataset(
     ``generator.json`` records the same seed and parameters are kept rather than rebuilt.
     ``themes="cycle"`` gives scene ``i`` the room type ``THEMES[i % 5]`` (so any 5
     consecutive scenes cover every class family); ``"random"`` draws it from the seed.
+    ``rescans`` k > 0 adds k re-captures of every val scene (``generate_scene(rescan=...)``) as the
+    split ``rescan`` (``splits/rescan.txt``, ids ``synth_val_<i>_r<k>``), for duplicate-scene and
+    image-to-scene queries; train and val are unchanged by it.
     Returns the meta dict.
     """
     from tqdm import tqdm
@@ -1747,6 +1799,8 @@ def generate_dataset(
         return (str(root), split, i, int(seed), dict(kw, theme=theme), resume)
 
     jobs = [job("train", i) for i in range(num_train)] + [job("val", i) for i in range(num_val)]
+    jobs += [(r, sp, i, sd, dict(k, rescan=j), rs) for j in range(1, rescans + 1)
+             for (r, sp, i, sd, k, rs) in (job("val", i) for i in range(num_val))]
     results: dict[str, dict] = {}
     bar = tqdm(total=len(jobs), desc="synthetic scenes", unit="scene", disable=not progress)
     try:
@@ -1770,6 +1824,11 @@ def generate_dataset(
     (root / "splits").mkdir(exist_ok=True)
     write_text(root / "splits" / "train.txt", "".join(s + "\n" for s in train_ids))
     write_text(root / "splits" / "val.txt", "".join(s + "\n" for s in val_ids))
+    rescan_ids = [rescan_id("val", i, j) for i in range(num_val) for j in range(1, rescans + 1)]
+    if rescans:
+        write_text(root / "splits" / "rescan.txt", "".join(s + "\n" for s in rescan_ids))
+    elif (root / "splits" / "rescan.txt").exists():  # a former run's rescans are not part of this dataset
+        (root / "splits" / "rescan.txt").unlink()
     meta = {
         "generator": "pretrain3d.data.synthetic",
         "version": GENERATOR_VERSION,
@@ -1791,5 +1850,11 @@ def generate_dataset(
             for sid in train_ids + val_ids
         },
     }
+    if rescans:  # only then, so that a dataset without rescans keeps its meta.json byte for byte
+        meta["rescans"] = rescans
+        meta["rescan_of"] = {rescan_id("val", i, j): rescan_id("val", i, 0)
+                             for i in range(num_val) for j in range(1, rescans + 1)}
+        for sid in rescan_ids:
+            meta["scenes"][sid] = {"theme": results[sid]["theme"], "num_points": results[sid]["num_points"]}
     write_json(root / "meta.json", meta)
     return meta

@@ -297,7 +297,7 @@ def frame_feature_maps(fn: FeatureFn, scene, frame_indices: Sequence[int], batch
 
 @torch.no_grad()
 def cross_view_consistency(
-    fn: FeatureFn,
+    fn: FeatureFn | dict[str, FeatureFn],
     geometry: dict | None,
     scenes: Sequence,
     pairs_per_scene: int = 8,
@@ -330,10 +330,14 @@ def cross_view_consistency(
 
     Returns ``{"matched_cos", "random_cos", "margin", "matched_cos_std", "random_cos_std",
     "pixel_pairs", "view_pairs", "scenes"}`` (cosines pooled over all pixel pairs; ``None`` when
-    no pair was found).
+    no pair was found). ``fn`` may be a dict of named feature functions (sharing ``geometry``): they
+    are compared on the very same view pairs, pixel pairs and random pairing, which are found once,
+    and the result is a dict of such results by name.
     """
     rng = _rng(rng)
-    matched, rand = [], []
+    fns = fn if isinstance(fn, dict) else {None: fn}
+    matched: dict = {k: [] for k in fns}
+    rand: dict = {k: [] for k in fns}
     n_views = n_scenes = 0
     for scene in scenes:
         index = _frames(scene)
@@ -343,7 +347,8 @@ def cross_view_consistency(
                                   frame_step=frame_step, depths=depths)
         if not pairs:
             continue
-        maps = frame_feature_maps(fn, scene, sorted({k for i, j, _ in pairs for k in (i, j)}), batch_size)
+        frames = sorted({k for i, j, _ in pairs for k in (i, j)})
+        maps = {name: frame_feature_maps(f, scene, frames, batch_size) for name, f in fns.items()}
         W, H = index.width, index.height
         used = 0
         for i, j, _ in pairs:
@@ -351,14 +356,20 @@ def cross_view_consistency(
                                  reproj_px=reproj_px, edge_guard=edge_guard, depths=depths)
             if len(m) < 2:
                 continue
-            fi = sample_features(maps[i], m.uv_i, W, H, geometry)
-            fj = sample_features(maps[j], m.uv_j, W, H, geometry)
             perm = torch.from_numpy(rng.permutation(len(m)))
-            matched.append(F.cosine_similarity(fi, fj, dim=1).double())
-            rand.append(F.cosine_similarity(fi, fj[perm], dim=1).double())
+            for name in fns:
+                fi = sample_features(maps[name][i], m.uv_i, W, H, geometry)
+                fj = sample_features(maps[name][j], m.uv_j, W, H, geometry)
+                matched[name].append(F.cosine_similarity(fi, fj, dim=1).double())
+                rand[name].append(F.cosine_similarity(fi, fj[perm], dim=1).double())
             used += 1
         n_views += used
         n_scenes += used > 0
+    out = {name: _consistency_summary(matched[name], rand[name], n_views, n_scenes) for name in fns}
+    return out if isinstance(fn, dict) else out[None]
+
+
+def _consistency_summary(matched: list, rand: list, n_views: int, n_scenes: int) -> dict:
     if not matched:
         return {"matched_cos": None, "random_cos": None, "margin": None, "matched_cos_std": None,
                 "random_cos_std": None, "pixel_pairs": 0, "view_pairs": 0, "scenes": 0}

@@ -77,15 +77,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain3d.data import transforms as T
 from pretrain3d.errors import DataError
 from pretrain3d.methods.plugin import MethodSetup, head_state
 from pretrain3d.methods.ponderv2 import (
     PonderDataset,
     PonderV2Model,
-    camera_rays,
     ponder_collate,
-    unit_cube_voxels,
+    render_view_rays,
+    scene_volume,
 )
 from pretrain3d.models.neural_field import NeuralField
 from pretrain3d.teachers.cache import cell_geometry, pixel_to_grid
@@ -391,7 +390,7 @@ class CondenseModel(PonderV2Model):
     """Backbone + feature volume + SDF field with a feature head (PonderV2's, reused) + ``ImageNet2D``."""
 
     def __init__(self, backbone: nn.Module, cfg, image_net: ImageNet2D, grid_size: float = 0.08):
-        super().__init__(backbone, cfg)  # cfg: config.CondenseConfig (it has PonderV2Config's render fields)
+        super().__init__(backbone, cfg)  # cfg: config.CondenseConfig (a RenderingConfig, like PonderV2's)
         self.grid_size = float(grid_size)  # the backbone's voxel size (train.grid_size), for whole-scene checks
         D = image_net.dim
         fd = int(cfg.feature_dim) if cfg.feature_dim else D
@@ -601,31 +600,17 @@ def load_condense_model(cfg, backbone_pt_path: str | Path, device, teacher=None)
 # ============================================================================ feature checks
 
 
-@torch.no_grad()
-def _scene_volume(model: CondenseModel, scene, grid_size: float, device):
-    sample = {"coord": np.asarray(scene.coord, np.float64).copy(), "color": np.asarray(scene.color, np.float64).copy(),
-              "normal": np.asarray(scene.normal, np.float64).copy()}
-    sample = T.center_shift(sample, apply_z=True)
-    v, coord_unit, M, lo, hi = unit_cube_voxels(sample, grid_size, None, model.cfg.box_padding)
-    batch = {"grid_coord": torch.from_numpy(v["grid_coord"].astype(np.int64)),
-             "feat": torch.from_numpy(v["feat"].astype(np.float32)),
-             "coord_unit": torch.from_numpy(coord_unit.astype(np.float32)),
-             "offset": torch.tensor([len(v["grid_coord"])]),
-             "voxel_sample": torch.zeros(len(v["grid_coord"]), dtype=torch.int64),
-             "box": torch.tensor(np.stack([lo, hi])[None], dtype=torch.float32)}
-    batch = {k: t.to(device) for k, t in batch.items()}
-    return model.volumes(batch), batch["box"][0], M
-
-
 def point_features(model: CondenseModel, scene, device="cpu", grid_size: float | None = None,
-                   chunk: int = 8192) -> torch.Tensor:
-    """(N, D) field feature at every scene point (the 3D feature in the 2D embedding space), in eval mode.
+                   chunk: int = 8192, points: np.ndarray | None = None) -> torch.Tensor:
+    """(N, D) field feature at every scene point (the 3D feature in the 2D embedding space), in eval mode;
+    ``points`` (indices): at those points only (the volume still sees the whole scene).
     ``grid_size``: the backbone's voxel size (default: the model's, ``train.grid_size`` at build)."""
     was = model.training
     model.eval()
     try:
-        vol, box, M = _scene_volume(model, scene, grid_size or model.grid_size, device)
-        pts = np.asarray(scene.coord, np.float64) @ M[:3, :3].T + M[:3, 3]
+        vol, box, M = scene_volume(model, scene, grid_size or model.grid_size, device)
+        xyz = np.asarray(scene.coord, np.float64)
+        pts = (xyz if points is None else xyz[points]) @ M[:3, :3].T + M[:3, 3]
         pts = torch.from_numpy(pts.astype(np.float32)).to(device)
         out = []
         for i in range(0, len(pts), chunk):
@@ -637,7 +622,6 @@ def point_features(model: CondenseModel, scene, device="cpu", grid_size: float |
         model.train(was)
 
 
-@torch.no_grad()
 def rendered_feature_map(model: CondenseModel, scene, frame_idx: int, grid_size: float | None = None,
                          scale: float | None = None, chunk: int | None = None, device="cpu") -> dict:
     """Features volume-rendered for a whole view (every ``1/scale``-th pixel), in eval mode.
@@ -645,36 +629,16 @@ def rendered_feature_map(model: CondenseModel, scene, frame_idx: int, grid_size:
     Returns ``features`` (D, h', w'), ``depth`` (h', w') rendered z-depth, ``depth_real`` (0 where
     missing), ``acc`` (h', w') and ``frame_id``."""
     c = model.cfg
-    scale = scale or c.render_scale
-    chunk = chunk or c.render_chunk
-    was = model.training
-    model.eval()
-    try:
-        vol, box, M = _scene_volume(model, scene, grid_size or model.grid_size, device)
-        fr = scene.frames[frame_idx]
-        depth = scene.frames.read_depth(frame_idx)
-        H, W = depth.shape
-        step = max(1, int(round(1.0 / scale)))
-        vs, us = np.mgrid[0:H:step, 0:W:step]
-        h, w = vs.shape
-        pix = np.stack([us.ravel(), vs.ravel()], axis=1)
-        o, d, _, ray_scale = camera_rays(pix, np.ones(len(pix)), fr.intrinsics, fr.pose, M)
-        o_t = torch.from_numpy(o.astype(np.float32)).to(device)
-        d_t = torch.from_numpy(d.astype(np.float32)).to(device)
-        feats, dist, acc = [], [], []
-        for i in range(0, len(pix), chunk):
-            r = model.render(vol, box, o_t[i:i + chunk], d_t[i:i + chunk], perturb=False, with_semantic=True)
-            feats.append(r["semantic"].cpu())
-            dist.append(r["depth"].cpu())
-            acc.append(r["acc"].cpu())
-    finally:
-        model.train(was)
-    real = depth[vs, us]
+    r = render_view_rays(model, scene, frame_idx, grid_size or model.grid_size, scale or c.render_scale,
+                         chunk or c.render_chunk, device, with_semantic=True)
+    vs, us = r["vs"], r["us"]
+    h, w = vs.shape
+    real = scene.frames.read_depth(frame_idx)[vs, us]
     valid = np.isfinite(real) & (real > 0)
-    return {"features": torch.cat(feats).T.reshape(-1, h, w),
-            "depth": (torch.cat(dist).numpy() / ray_scale).reshape(h, w),
-            "depth_real": np.where(valid, real, 0.0), "acc": torch.cat(acc).numpy().reshape(h, w),
-            "frame_id": fr.id}
+    return {"features": r["semantic"].T.reshape(-1, h, w),
+            "depth": (r["depth"].numpy() / r["ray_scale"]).reshape(h, w),
+            "depth_real": np.where(valid, real, 0.0), "acc": r["acc"].numpy().reshape(h, w),
+            "frame_id": r["frame"].id}
 
 
 @torch.no_grad()

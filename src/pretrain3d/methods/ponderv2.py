@@ -352,14 +352,10 @@ def ponder_loss(model: PonderV2Model, batch: dict):
 
 
 @torch.no_grad()
-def render_view(model: PonderV2Model, scene, frame_idx: int, grid_size: float, scale: float = 0.5,
-                chunk: int = 1024, device: torch.device | str = "cpu") -> dict:
-    """Render one of ``scene``'s views whole (every ``1/scale``-th pixel) with the model in eval mode.
-
-    Returns numpy arrays: ``rgb`` / ``rgb_real`` (h, w, 3) in [0, 1], ``depth`` / ``depth_real`` (h, w)
-    z-depth in metres (real: 0 where missing), and ``depth_abs_err_median`` over pixels with depth."""
-    was_training = model.training
-    model.eval()
+@torch.no_grad()
+def scene_volume(model: PonderV2Model, scene, grid_size: float, device: torch.device | str = "cpu"):
+    """The whole scene through backbone + feature volume: ``(volume (1, C, X, Y, Z), box (2, 3), M)`` with
+    ``M`` the world -> unit-cube map (``unit_cube_voxels``), for rendering views or querying the field."""
     sample = {"coord": np.asarray(scene.coord, np.float64).copy(), "color": np.asarray(scene.color, np.float64).copy(),
               "normal": np.asarray(scene.normal, np.float64).copy()}
     sample = T.center_shift(sample, apply_z=True)
@@ -373,34 +369,58 @@ def render_view(model: PonderV2Model, scene, frame_idx: int, grid_size: float, s
         "box": torch.tensor(np.stack([lo, hi])[None], dtype=torch.float32),
     }
     batch = {k: t.to(device) for k, t in batch.items()}
-    vol = model.volumes(batch)
+    return model.volumes(batch)[0:1], batch["box"][0], M
 
-    fr = scene.frames[frame_idx]
+
+@torch.no_grad()
+def render_view_rays(model: PonderV2Model, scene, frame_idx: int, grid_size: float, scale: float, chunk: int,
+                     device: torch.device | str = "cpu", with_semantic: bool = False) -> dict:
+    """Render every ``1/scale``-th pixel of one of ``scene``'s views, the model in eval mode. Returns the
+    per-ray outputs concatenated (``rgb``, ``depth`` distance, ``acc``, ``semantic`` when asked; CPU
+    tensors), the pixel grid ``vs``, ``us`` (h, w), ``ray_scale`` (distance -> z-depth) and ``frame``."""
+    was_training = model.training
+    model.eval()
+    try:
+        vol, box, M = scene_volume(model, scene, grid_size, device)
+        fr = scene.frames[frame_idx]
+        H, W = scene.frames.read_depth(frame_idx).shape
+        step = max(1, int(round(1.0 / scale)))
+        vs, us = np.mgrid[0:H:step, 0:W:step]
+        pix = np.stack([us.ravel(), vs.ravel()], axis=1)
+        o, d, _, ray_scale = camera_rays(pix, np.ones(len(pix)), fr.intrinsics, fr.pose, M)
+        o_t = torch.from_numpy(o.astype(np.float32)).to(device)
+        d_t = torch.from_numpy(d.astype(np.float32)).to(device)
+        keys = ("rgb", "depth", "acc") + (("semantic",) if with_semantic else ())
+        parts: dict[str, list] = {k: [] for k in keys}
+        for i in range(0, len(pix), chunk):
+            r = model.render(vol, box, o_t[i:i + chunk], d_t[i:i + chunk], perturb=False, with_semantic=with_semantic)
+            for k in keys:
+                parts[k].append(r[k].cpu())
+    finally:
+        model.train(was_training)
+    return {**{k: torch.cat(v) for k, v in parts.items()}, "vs": vs, "us": us, "ray_scale": ray_scale, "frame": fr}
+
+
+def render_view(model: PonderV2Model, scene, frame_idx: int, grid_size: float, scale: float = 0.5,
+                chunk: int = 1024, device: torch.device | str = "cpu") -> dict:
+    """Render one of ``scene``'s views whole (every ``1/scale``-th pixel) with the model in eval mode.
+
+    Returns numpy arrays: ``rgb`` / ``rgb_real`` (h, w, 3) in [0, 1], ``depth`` / ``depth_real`` (h, w)
+    z-depth in metres (real: 0 where missing), and ``depth_abs_err_median`` over pixels with depth."""
+    r = render_view_rays(model, scene, frame_idx, grid_size, scale, chunk, device)
+    vs, us = r["vs"], r["us"]
+    h, w = vs.shape
     depth = scene.frames.read_depth(frame_idx)
     color = scene.frames.read_color(frame_idx)
-    H, W = depth.shape
-    step = max(1, int(round(1.0 / scale)))
-    vs, us = np.mgrid[0:H:step, 0:W:step]
-    h, w = vs.shape
-    pix = np.stack([us.ravel(), vs.ravel()], axis=1)
-    o, d, _, ray_scale = camera_rays(pix, np.ones(len(pix)), fr.intrinsics, fr.pose, M)
-    rgb, dist = [], []
-    o_t = torch.from_numpy(o.astype(np.float32)).to(device)
-    d_t = torch.from_numpy(d.astype(np.float32)).to(device)
-    for i in range(0, len(pix), chunk):
-        r = model.render(vol[0:1], batch["box"][0], o_t[i:i + chunk], d_t[i:i + chunk], perturb=False)
-        rgb.append(r["rgb"].cpu())
-        dist.append(r["depth"].cpu())
-    model.train(was_training)
-    rgb = torch.cat(rgb).numpy().reshape(h, w, 3)
-    z = (torch.cat(dist).numpy() / ray_scale).reshape(h, w)
+    rgb = r["rgb"].numpy().reshape(h, w, 3)
+    z = (r["depth"].numpy() / r["ray_scale"]).reshape(h, w)
     real_z = depth[vs, us]
     valid = np.isfinite(real_z) & (real_z > 0)
     err = float(np.median(np.abs(z[valid] - real_z[valid]))) if valid.any() else math.nan
     return {"rgb": rgb, "rgb_real": color[vs, us].astype(np.float64) / 255.0, "depth": z,
             "depth_real": np.where(valid, real_z, 0.0), "depth_abs_err_median": err,
             "depth_real_median": float(np.median(real_z[valid])) if valid.any() else math.nan,
-            "frame_id": fr.id}
+            "frame_id": r["frame"].id}
 
 
 # ============================================================================ plug-in

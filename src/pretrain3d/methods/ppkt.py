@@ -92,7 +92,6 @@ from torch.utils.data import Dataset
 
 from pretrain3d.data import transforms as T
 from pretrain3d.data.dataset import concat_fields
-from pretrain3d.data.scene import load_split_scenes
 from pretrain3d.errors import DataError
 from pretrain3d.geometry.correspondence import CorrespondenceStats, frame_points_with_attributes, scene_point_pixels
 from pretrain3d.models.heads import ProjectionHead
@@ -108,7 +107,6 @@ __all__ = [
     "PPKTDataset",
     "ppkt_collate",
     "select_pairs",
-    "load_pretrain_scenes",
     "PAIR_STAT_KEYS",
 ]
 
@@ -276,10 +274,6 @@ def ppkt_loss(model: PPKTModel, batch: dict) -> tuple[torch.Tensor, dict[str, fl
 
 
 # ============================================================================ data
-
-
-# the processed scenes of a split with their frames (kept here under its old name for callers)
-load_pretrain_scenes = load_split_scenes
 
 
 def select_pairs(voxel: np.ndarray, cap: int, rng: np.random.Generator, cell: np.ndarray | None = None) -> np.ndarray:

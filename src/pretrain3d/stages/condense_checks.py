@@ -47,8 +47,8 @@ class _TrunkMemo:
     """Feature functions of the frozen teacher and of ConDense's 2D net that share the frozen trunk's
     tokens per image (the trunk is the costly part and identical for both)."""
 
-    def __init__(self, net, project=None):
-        self.net, self.project, self.memo = net, project, {}
+    def __init__(self, net):
+        self.net, self.memo = net, {}
 
     @staticmethod
     def _key(image: np.ndarray) -> str:
@@ -77,12 +77,11 @@ class _TrunkMemo:
                 self.memo[keys[i]] = tok[j]
         return torch.stack([self.memo[k] for k in keys]).to(self.net.teacher._device)
 
-    def fn(self, teacher: bool, projected: bool = False):
+    def fn(self, teacher: bool):
         @torch.no_grad()
         def features(images) -> torch.Tensor:
             tok = self._tokens(images)
-            f = self.net.reference(tok) if teacher else self.net.head(tok)
-            return self.project(f, 1) if projected and self.project is not None else f
+            return self.net.reference(tok) if teacher else self.net.head(tok)
         return features
 
 
@@ -98,7 +97,7 @@ def _point_set(model, scenes, seed: int, device) -> tuple[torch.Tensor, torch.Te
     feats, labels = [], []
     for s in scenes:
         idx = _labelled_points(s, POINTS_PER_SCENE, rng)
-        feats.append(point_features(model, s, device)[idx])
+        feats.append(point_features(model, s, device, points=idx))
         labels.append(torch.from_numpy(np.asarray(s.segment)[idx].astype(np.int64)))
     return torch.cat(feats), torch.cat(labels)
 
@@ -122,22 +121,25 @@ def feature_checks(cfg: Params, model, train_scenes: list, val_scenes: list, see
 
     t0 = time.perf_counter()
     net, nc = model.image_net, cfg.data.num_classes
-    memo = _TrunkMemo(net, model.embed_2d)
+    memo = _TrunkMemo(net)
     memo.reuse(train_scenes)
     geo = net.geometry
     out: dict = {"consistency": {}, "probe2d": {}}
-    for name, teacher in (("teacher", True), ("condense", False)):
-        c = fc.cross_view_consistency(memo.fn(teacher), geo, val_scenes, pairs_per_scene=PAIRS_PER_SCENE, rng=seed)
-        # None where the val scenes have no overlapping views (a recorded gap, shown as — in the report)
+    # both on the same pixel pairs (found once); None where the val scenes have no overlapping views
+    # (a recorded gap, shown as — in the report)
+    both = fc.cross_view_consistency({"teacher": memo.fn(True), "condense": memo.fn(False)}, geo, val_scenes,
+                                     pairs_per_scene=PAIRS_PER_SCENE, rng=seed)
+    for name, c in both.items():
         out["consistency"][name] = {k: _num(c[k]) for k in ("matched_cos", "random_cos", "margin")}
         out["consistency"]["pixel_pairs"] = int(c["pixel_pairs"])
     # One pass over the frames samples the teacher's, the 2D net's and its embedded (centred) features
     # at the same labelled pixels: channels stacked, split after (sampling is per channel).
     D = net.dim
-    teacher_fn, net_fn, emb_fn = memo.fn(True), memo.fn(False), memo.fn(False, projected=True)
+    teacher_fn, net_fn = memo.fn(True), memo.fn(False)
 
     def stacked(images):
-        return torch.cat([teacher_fn(images), net_fn(images), emb_fn(images)], dim=1)
+        f = net_fn(images)
+        return torch.cat([teacher_fn(images), f, model.embed_2d(f, 1)], dim=1)
 
     rng = np.random.default_rng(seed)
     xtr, ytr = fc.collect_pixel_features(stacked, geo, train_scenes, PIXELS_PER_FRAME, rng,
@@ -276,6 +278,8 @@ def _mean_std(values: list) -> str:
 
 def report_section(cfg: Params, backbones: list[str], real_check: list[str], out_dir: Path) -> tuple[str, list]:
     """methods.registry ``report_visual`` of ConDense: its checks over seeds, the PCA image, the real-data run."""
+    from pretrain3d.stages.real_check import report_lines
+
     if not backbones and not real_check:
         return "", []
     checks = []
@@ -328,16 +332,9 @@ def report_section(cfg: Params, backbones: list[str], real_check: list[str], out
             shutil.copyfile(src, dst)
             pngs.append(dst)
             lines += [f"![ConDense feature PCA]({os.path.relpath(dst, out_dir)})", ""]
-    for j in [p for p in real_check if str(p).endswith(".json")]:
-        info = json.loads(Path(j).read_text())
-        png = Path(j).with_suffix(".png")
-        if info.get("status") == "ok":
-            lines += [f"**Real RGB-D** ({info['root']}, {info['frames']} frames, {info['points']} points): "
-                      f"{info['steps']} steps, loss {info['loss_first']:.3f} → {info['loss_last']:.3f}, consistency "
-                      f"{info['loss_consistency_first']:.3f} → {info['loss_consistency_last']:.3f}, geometry "
-                      f"{info['loss_geometry_first']:.3f} → {info['loss_geometry_last']:.3f}; held-out frame "
-                      f"{info['held_out_frame']}.", ""]
-        else:
-            lines += [f"**Real RGB-D (ConDense)**: skipped — {info.get('reason', 'no reason recorded')}.", ""]
-        lines += [f"![ConDense real-data PCA]({os.path.relpath(png, out_dir)})", ""]
+    lines += report_lines(real_check, out_dir, "ConDense", lambda info: (
+        f"{info['steps']} steps, loss {info['loss_first']:.3f} → {info['loss_last']:.3f}, consistency "
+        f"{info['loss_consistency_first']:.3f} → {info['loss_consistency_last']:.3f}, geometry "
+        f"{info['loss_geometry_first']:.3f} → {info['loss_geometry_last']:.3f}; held-out frame "
+        f"{info['held_out_frame']}."))
     return "\n".join(lines) + "\n", pngs

@@ -20,6 +20,25 @@ def real_check(cfg: Params, method: str, out_dir: str | Path, steps: int | None 
 
 
 # ----------------------------------------------------------------------- shared by the methods' checks
+def report_lines(real_check: list, out_dir: Path, what: str, describe) -> list[str]:
+    """The report's paragraph + figure for each real-data check (``render.json`` beside ``render.png``):
+    ``describe(info)`` words an ok run; a skip shows its recorded reason."""
+    import json
+    import os
+
+    lines: list[str] = []
+    for j in [p for p in real_check if str(p).endswith(".json")]:
+        info = json.loads(Path(j).read_text())
+        png = Path(j).with_suffix(".png")
+        if info.get("status") == "ok":
+            lines += [f"**Real RGB-D** ({info['root']}, {info['frames']} frames fused, {info['points']} points): "
+                      f"{describe(info)}", ""]
+        else:
+            lines += [f"**Real RGB-D ({what})**: skipped — {info.get('reason', 'no reason recorded')}.", ""]
+        lines += [f"![{what} real-data check]({os.path.relpath(png, out_dir)})", ""]
+    return lines
+
+
 def real_sequence(cfg: Params, out_dir: Path, root: str | Path | None, seed: int, what: str):
     """The real RGB-D sequence (``root``, default ``data.sevenscenes.root``) fused every ``frame_step``-th
     frame, as ``(scene, held, train_scene)`` with its middle frame ``held`` out of ``train_scene``; seeds

@@ -8,7 +8,6 @@ pre-trains PonderV2 briefly on one real scene with one frame held out, and rende
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -20,6 +19,7 @@ import torch
 from pretrain3d.atomic import write_json
 from pretrain3d.config import Params
 from pretrain3d.errors import DataError
+from pretrain3d.stages.real_check import report_lines
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +139,7 @@ def report_renders(cfg: Params, backbones: list[str], real_check: list[str], out
         lines += [f"**{method} ({seed})**, val scene `{info['scene']}` frame {info['frame']}: median |depth error| "
                   f"{info['depth_abs_err_median']:.3f} m (median depth {info['depth_real_median']:.2f} m).", "",
                   f"![{method} render]({os.path.relpath(png, out_dir)})", ""]
-    for j in [p for p in real_check if str(p).endswith(".json")]:
-        info = json.loads(Path(j).read_text())
-        png = Path(j).with_suffix(".png")
-        if info.get("status") == "ok":
-            lines += [f"**Real RGB-D** ({info['root']}, {info['frames']} frames fused, {info['points']} points): "
-                      f"{info['steps']} label-free steps, loss {info['loss_first']:.3f} → {info['loss_last']:.3f}; "
-                      f"held-out frame {info['held_out_frame']}: median |depth error| "
-                      f"{info['render']['depth_abs_err_median']:.3f} m.", ""]
-        else:
-            lines += [f"**Real RGB-D**: skipped — {info.get('reason', 'no reason recorded')}.", ""]
-        lines += [f"![real-data render]({os.path.relpath(png, out_dir)})", ""]
+    lines += report_lines(real_check, out_dir, "PonderV2", lambda info: (
+        f"{info['steps']} label-free steps, loss {info['loss_first']:.3f} → {info['loss_last']:.3f}; held-out "
+        f"frame {info['held_out_frame']}: median |depth error| {info['render']['depth_abs_err_median']:.3f} m."))
     return "\n".join(lines) + "\n", pngs

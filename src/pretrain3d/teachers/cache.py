@@ -103,6 +103,19 @@ def pixel_to_grid(uv, width: int, height: int, geometry: dict | None = None):
     return (c + 0.5) * sz - 1.0
 
 
+def cell_to_pixel(cells, width: int, height: int, geometry: dict | None = None) -> np.ndarray:
+    """(..., 2) continuous (u column, v row) frame pixel of feature-cell centres (column, row): the
+    inverse of the cell coordinates ``pixel_to_grid`` samples at (cell k's centre at k)."""
+    c = np.asarray(cells, dtype=np.float64)
+    if geometry is None:
+        return c.copy()
+    H, W = geometry["input_size"]
+    S, off = geometry["stride"], geometry["cell_offset"]
+    scale = np.array([W / width / S, H / height / S])
+    shift = (-0.5 - off) / S
+    return (c - shift) / scale - 0.5
+
+
 def pixel_to_cell(uv, width: int, height: int, geometry: dict) -> np.ndarray:
     """(..., 2) integer (column, row) of the feature cell whose centre is nearest to each pixel
     (clipped to the map), with the teacher's cell geometry."""

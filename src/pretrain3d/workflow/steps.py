@@ -238,7 +238,8 @@ def _report_inputs(cfg: Params, w: Wildcards) -> dict[str, Any]:
     # compared methods: every seed (a figure may aggregate over seeds); pretrain_only: the one seed run
     renders = [backbone(cfg, w["method"], w["seed"]) for w in pretrain_jobs(cfg)
                if w["method"] in report_visual_methods(cfg)]
-    only = [backbone(cfg, m, str(e.seeds[0])) for m in e.pretrain_only]
+    # pretrain_only runs the figures do not already read (so that they are built all the same)
+    only = [b for b in (backbone(cfg, m, str(e.seeds[0])) for m in e.pretrain_only) if b not in renders]
     real = [f for m in real_check_methods(cfg) for f in real_check_outputs(cfg, m).values()]
     return {"metrics": metrics, "references": "results/references.json", "backbones": renders,
             "pretrain_only": only, "real": real}

@@ -1,0 +1,43 @@
+"""ConDense's two sides as retrieval inputs: a scene's keypoints from the 3D field, an image's cells from
+the jointly trained 2D network, both in the space the consistency loss aligned (``CondenseModel.embed_2d``:
+centred on the teacher's mean feature, projected when ``feature_dim`` is smaller).
+
+A query image needs no depth: its 2D network features at every cell, and each cell centre's pixel
+(``teachers.cache.cell_to_pixel``) for the pose.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pretrain3d.retrieval.keypoints import KeypointSet, select_keypoints
+
+__all__ = ["scene_keypoints", "image_cells"]
+
+
+def scene_keypoints(model, scene, k: int, rule: str, device="cpu", **select_kw) -> KeypointSet:
+    """K keypoints of a processed scene from the field's features at its points (``condense.point_features``)."""
+    from pretrain3d.methods.condense import point_features
+
+    feats = point_features(model, scene, device).numpy()
+    return select_keypoints(scene.scene_id, np.asarray(scene.coord), feats, k, rule, **select_kw)
+
+
+@torch.no_grad()
+def image_cells(model, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(desc (h*w, D) float32, uv (h*w, 2) pixel of each cell centre)`` of one RGB image (H, W, 3) uint8.
+    A wrong-shaped or non-uint8 image is a ValueError saying what it is."""
+    from pretrain3d.teachers.cache import cell_to_pixel
+
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or min(img.shape[:2]) < 8:
+        raise ValueError(f"a query image must be an RGB uint8 array (H, W, 3) of at least 8 x 8 pixels, "
+                         f"got {img.dtype} {img.shape}")
+    net = model.image_net
+    f = model.embed_2d(net.head(net.trunk(net.preprocess([img]))), 1)[0]  # (D, h, w)
+    D, h, w = f.shape
+    rows, cols = np.mgrid[0:h, 0:w]
+    cells = np.stack([cols.ravel(), rows.ravel()], axis=1)
+    uv = cell_to_pixel(cells, img.shape[1], img.shape[0], net.geometry)
+    return f.reshape(D, -1).T.cpu().numpy().astype(np.float32), uv
