@@ -417,6 +417,10 @@ def test_pretrain_stage_loss_falls_and_backbone_loads(tiny, tmp_path):
     assert ck["teacher"]["name"] == "fake_onehot" and ck["uses_gt_labels"] is False
     seg = build_segmentor(cfg.model, cfg.data.num_classes)
     load_state_strict(seg.backbone, ck["backbone"], "backbone.pt")
+    # the projection head and UPL are saved beside the backbone, and only they
+    heads = ck["ppkt_heads"]
+    assert heads and all(k.startswith(("head.", "upl.")) for k in heads)
+    assert any(k.startswith("head.") for k in heads) and any(k.startswith("upl.") for k in heads)
     log = json.loads((tmp_path / "run" / "pretrain_log.json").read_text())
     assert log["steps"] == 12 and len(log["history"]) == 12 and log["fingerprint"] == ck["fingerprint"]
     # outputs complete: the resume state is gone, so a rerun trains again (tests/test_resume.py)

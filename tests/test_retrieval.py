@@ -177,3 +177,28 @@ def test_index_round_trip_and_refusals(tmp_path):
     ri.write_scene(root, kp.select_keypoints("scene1", xyz, feats, 8, "fps"))
     with pytest.raises(ValueError, match="differ in keypoints"):
         ri.write_index(root, fp, ["scene0", "scene1"])
+
+
+def test_text_head_maps_features_to_their_class_text_and_ranks_scenes_with_the_class():
+    from pretrain3d.retrieval import language as rl
+
+    rng = np.random.default_rng(4)
+    C, D, T = 5, 16, 12
+    proto = rs.normalise(rng.normal(size=(C, D)))  # class prototypes in feature space
+    text = rs.normalise(rng.normal(size=(C, T)))   # class-name embeddings (unrelated space)
+    y = rng.integers(0, C, 3000)
+    x = proto[y] + rng.normal(0, 0.2, (3000, D))
+    y[:100] = -1  # ignored rows
+    P = rl.fit_text_head(x, y, text, epochs=30, seed=0)
+    assert P.shape == (T, D)
+    np.testing.assert_array_equal(P, rl.fit_text_head(x, y, text, epochs=30, seed=0))  # deterministic
+    mapped = rs.normalise(x[100:] @ P.T)
+    acc = float(((mapped @ text.T).argmax(1) == y[100:]).mean())
+    assert acc > 0.9, acc
+    # scenes: scene s holds keypoints of classes {s, s+1} only; the query for class 2 ranks scenes 1 and 2 first
+    bank = np.stack([rs.normalise(proto[[s % C, (s + 1) % C] * 8] + rng.normal(0, 0.1, (16, D))) for s in range(C)])
+    sc = rl.text_scores(text[2], bank, P)
+    assert set(np.argsort(-sc)[:2].tolist()) == {1, 2}
+    assert rm.average_precision(sc, np.isin(np.arange(C), [1, 2])) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no text embedding"):
+        rl.fit_text_head(x[:200], np.full(200, C), text)

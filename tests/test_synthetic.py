@@ -384,3 +384,21 @@ def test_generate_dataset_writes_rescans_as_their_own_split(tmp_path):
     # rescans dropped again: the split file goes too
     syn.generate_dataset(b, **kw)
     assert not (b / "splits" / "rescan.txt").exists()
+
+
+def test_generate_and_preprocess_stages_carry_the_rescan_split(tmp_path):
+    """data.synthetic.rescans reaches the generator, and preprocessing ingests the rescan split beside train/val."""
+    from conftest import tiny_overrides
+
+    from pretrain3d.config import validate_config
+    from pretrain3d.data.scene import list_scenes
+    from pretrain3d.stages.data import generate, preprocess
+
+    over = tiny_overrides(tmp_path)
+    over["data"]["synthetic"].update({"num_train": 1, "num_val": 1, "frames_per_scene": 1, "rescans": 1})
+    over["tracking"]["enabled"] = False
+    cfg = validate_config(over)
+    generate(cfg)
+    preprocess(cfg)
+    assert [p.name for p in list_scenes(cfg.data.processed_root, "rescan")] == ["synth_val_0000_r1"]
+    assert [p.name for p in list_scenes(cfg.data.processed_root, "val")] == ["synth_val_0000"]

@@ -66,6 +66,9 @@ class SyntheticConfig(_Strict):
     image_width: int = Field(160, ge=16)
     image_height: int = Field(120, ge=16)
     points_per_m2: float = Field(600.0, gt=0)
+    rescans: int = Field(0, ge=0, description="Re-captures of every val scene (same room, another camera path, "
+                         "sensor noise, a few objects moved) written as the split 'rescan' (synth_val_<i>_r<k>), "
+                         "for the duplicate-scene and image-to-scene queries; train and val are unchanged.")
 
 
 class SevenScenesConfig(_Strict):

@@ -536,7 +536,7 @@ def ppkt_collate(batch: list[dict]) -> dict:
 
 def build(cfg, method: str, scenes: Sequence):
     """The PPKT plug-in (methods.registry): dataset over the teacher's feature cache, model, loss, tags."""
-    from pretrain3d.methods.plugin import MethodSetup
+    from pretrain3d.methods.plugin import MethodSetup, head_state
     from pretrain3d.models.segmentor import build_backbone
     from pretrain3d.teachers.cache import configured_cache_dir, read_cache_meta
 
@@ -553,5 +553,8 @@ def build(cfg, method: str, scenes: Sequence):
               "pairs_per_batch": pc.ppkt.num_pairs, "tau": pc.ppkt.tau, "point_source": pc.ppkt.points,
               "num_views": pc.ppkt.frames_per_sample, "pair_sampling": pc.ppkt.pair_sampling},
         fingerprint={"teacher": meta}, checkpoint={"teacher": meta},
+        # the 3D projection head and the 2D UPL: together they map points and teacher pixels into PPKT's
+        # shared embedding (the scene-query baseline reads it)
+        save_extras=lambda m: {"ppkt_heads": head_state(m)},
         summary={"teacher": meta, "cache_dir": str(cache), "point_source": pc.ppkt.points,
                  "pairs_per_batch": pc.ppkt.num_pairs, "pair_sampling": pc.ppkt.pair_sampling, "tau": pc.ppkt.tau})

@@ -27,9 +27,10 @@ def generate(cfg: Params) -> Path:
         with atomic_dir(out) as tmp:
             generate_dataset(tmp, num_train=s.num_train, num_val=s.num_val, seed=s.seed,
                              frames_per_scene=s.frames_per_scene, width=s.image_width, height=s.image_height,
-                             points_per_m2=s.points_per_m2, workers=cfg.data.workers, progress=True)
+                             points_per_m2=s.points_per_m2, workers=cfg.data.workers, progress=True,
+                             rescans=s.rescans)
         run.log_metrics({"generate/seconds": time.perf_counter() - t0,
-                         "generate/scenes": s.num_train + s.num_val})
+                         "generate/scenes": s.num_train + s.num_val * (1 + s.rescans)})
     log.info("generated %d scenes in %s (%.1f s)", s.num_train + s.num_val, out, time.perf_counter() - t0)
     return out
 
@@ -65,7 +66,10 @@ def _ingest(cfg: Params, dataset: str, raw: Path, out: Path, scenes: list[str] |
     if dataset in ("synthetic", "scannet_like"):
         from pretrain3d.data.scannet_like import preprocess_scannet_like
 
-        return preprocess_scannet_like(raw, out, workers=d.workers, progress=True)
+        # the generator's rescans (data.synthetic.rescans) are a split of their own
+        rescan = dataset == "synthetic" and (raw / "splits" / "rescan.txt").exists()
+        return preprocess_scannet_like(raw, out, workers=d.workers, progress=True,
+                                       splits=("train", "val", "rescan") if rescan else ("train", "val"))
     if dataset == "scannet":
         from pretrain3d.data.scannet import ScanNetOptions, preprocess_scannet
 
