@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pretrain3d.config import validate_config
+from pretrain3d.errors import DataError
 from pretrain3d.data.scene import list_scenes, load_processed_scene, load_split_scenes
 from pretrain3d.geometry.camera import project_points, visible_mask
 from pretrain3d.methods.ppkt import (
@@ -421,6 +422,24 @@ def test_pretrain_stage_loss_falls_and_backbone_loads(tiny, tmp_path):
     heads = ck["ppkt_heads"]
     assert heads and all(k.startswith(("head.", "upl.")) for k in heads)
     assert any(k.startswith("head.") for k in heads) and any(k.startswith("upl.") for k in heads)
+    # ... and give the scene-query baseline its shared embedding: points and teacher cells, unit rows
+    from pretrain3d.data.scene import load_split_scenes
+    from pretrain3d.retrieval import ppkt_features as pf
+
+    m = pf.load_ppkt_model(cfg, tmp_path / "run" / "backbone.pt")
+    val = load_split_scenes(cfg.data.processed_root, "val")[0]
+    pts = pf.point_features(m, val, cfg.train.grid_size)
+    assert pts.shape == (val.num_points, cfg.pretrain.ppkt.embed_dim)
+    np.testing.assert_allclose(np.linalg.norm(pts, axis=1), 1.0, atol=1e-4)
+    ids, feats = load_scene_features(cache, val.scene_id)
+    desc, uv = pf.image_cells(m, torch.from_numpy(feats[0].astype(np.float32)), None, 64, 48)
+    h, w = feats.shape[-2:]
+    assert desc.shape == (h * w, cfg.pretrain.ppkt.embed_dim) and uv.shape == (h * w, 2)
+    with pytest.raises(ValueError, match="teacher map"):
+        pf.image_cells(m, torch.zeros(3, h, w), None, 64, 48)
+    torch.save({k: v for k, v in ck.items() if k != "ppkt_heads"}, tmp_path / "old.pt")
+    with pytest.raises(DataError, match="old.pt.*no 'ppkt_heads'"):
+        pf.load_ppkt_model(cfg, tmp_path / "old.pt")
     log = json.loads((tmp_path / "run" / "pretrain_log.json").read_text())
     assert log["steps"] == 12 and len(log["history"]) == 12 and log["fingerprint"] == ck["fingerprint"]
     # outputs complete: the resume state is gone, so a rerun trains again (tests/test_resume.py)

@@ -1,0 +1,67 @@
+"""PPKT's shared embedding as a scene-query baseline: points through backbone + projection head, image
+cells through the frozen teacher + UPL's 1x1 projection (both L2-normalised), the pair PPKT's InfoNCE
+aligned. Needs the heads saved beside the backbone (``ppkt_heads`` in ``backbone.pt``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pretrain3d.errors import DataError
+
+__all__ = ["load_ppkt_model", "point_features", "image_cells"]
+
+
+def load_ppkt_model(cfg, backbone_pt_path: str | Path, device="cpu"):
+    """``PPKTModel`` with the backbone and the saved projection head + UPL of a PPKT pre-training run."""
+    from pretrain3d.engine.trainer import load_checkpoint, load_state_strict
+    from pretrain3d.methods.ppkt import PPKTModel
+    from pretrain3d.models.segmentor import build_backbone
+
+    path = Path(backbone_pt_path)
+    ckpt = load_checkpoint(path)
+    if "ppkt_heads" not in ckpt:
+        raise DataError(path, "checkpoint has no 'ppkt_heads' (PPKT's projection head and UPL)",
+                        "re-run its PPKT pre-training (older runs did not save them)")
+    teacher = ckpt.get("teacher") or {}
+    if "dim" not in teacher:
+        raise DataError(path, "checkpoint does not record the teacher's feature width", "re-run its pre-training")
+    pc = cfg.pretrain.ppkt
+    model = PPKTModel(build_backbone(cfg.model), int(teacher["dim"]), pc.embed_dim, tau=pc.tau)
+    state = {f"backbone.{k}": v for k, v in ckpt["backbone"].items()}
+    state.update(ckpt["ppkt_heads"])
+    load_state_strict(model, state, str(path))
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def point_features(model, scene, grid_size: float, device="cpu") -> np.ndarray:
+    """(N, embed_dim) unit embedding of every scene point (its voxel's, unaugmented)."""
+    from pretrain3d.data.dataset import EvalDataset
+
+    model.eval()
+    sample = EvalDataset([scene], grid_size)[0]
+    batch = {"grid_coord": sample["grid_coord"].to(device), "feat": sample["feat"].to(device),
+             "offset": torch.tensor([len(sample["grid_coord"])], device=device)}
+    emb = model(batch)  # unit rows per voxel
+    return emb[sample["inverse"].to(device)].cpu().numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def image_cells(model, fmap: torch.Tensor, geometry: dict | None, width: int, height: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``(desc (h*w, embed_dim), uv (h*w, 2))`` of one teacher feature map ``fmap`` (D, h, w) of a
+    ``width`` x ``height`` image: UPL's projection at every cell, and the cell centres' pixels."""
+    from pretrain3d.teachers.cache import cell_to_pixel
+
+    fmap = torch.as_tensor(fmap, dtype=torch.float32)
+    if fmap.ndim != 3 or fmap.shape[0] != model.upl.in_dim:
+        raise ValueError(f"a teacher map (D={model.upl.in_dim}, h, w) is needed, got {tuple(fmap.shape)}")
+    z = F.normalize(model.upl.project(fmap[None])[0], dim=0)
+    E, h, w = z.shape
+    rows, cols = np.mgrid[0:h, 0:w]
+    uv = cell_to_pixel(np.stack([cols.ravel(), rows.ravel()], axis=1), width, height, geometry)
+    return z.reshape(E, -1).T.numpy().astype(np.float32), uv
