@@ -328,3 +328,37 @@ def test_retrieval_inputs_from_a_condense_model(tiny, tmp_path):
         cf.image_cells(model, img[..., 0])
     with pytest.raises(ValueError, match="RGB uint8 array"):
         cf.image_cells(model, img.astype(np.float32))
+
+
+def test_index_and_query_stages_and_cli(tiny, tmp_path):
+    """`pretrain3d index` / `query image` on a saved ConDense run: an index per source, a ranked answer,
+    the pose when intrinsics are given, refusals for another source's index and a corrupt image."""
+    from PIL import Image
+
+    from pretrain3d import cli
+    from pretrain3d.stages import scene_queries as sq
+
+    tmp, scenes, teacher = tiny
+    cfg, s = _setup(tiny, n_scenes=1)
+    _save(s, tmp_path / "backbone.pt")
+    src = sq.FeatureSource(cfg, "condense", tmp_path / "backbone.pt")
+    summary = sq.index_split(cfg, src, "train", tmp_path / "idx", k=8, rule="fps")
+    assert summary["scenes"] == 2 and summary["fingerprint"]["k"] == 8
+    img = scenes[1].frames.read_color(0)
+    res = sq.query_image(src, tmp_path / "idx", img, top=2, intrinsics=scenes[1].frames[0].intrinsics)
+    assert sorted(sc for sc, _ in res["top"]) == sorted(x.scene_id for x in scenes) and "pose" in res
+    teacher_src = sq.FeatureSource(cfg, "teacher")
+    with pytest.raises(DataError, match="another model or config"):
+        sq.query_image(teacher_src, tmp_path / "idx", img)
+    sq.index_split(cfg, teacher_src, "train", tmp_path / "tidx", k=8)
+    assert len(sq.query_image(teacher_src, tmp_path / "tidx", img)["top"]) == 2
+    # the CLI: config file, then index + query, and a clear error for a corrupt image
+    import yaml
+
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    Image.fromarray(img).save(tmp_path / "q.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    base = ["--config", str(tmp_path / "p.yaml"), "--source", "teacher"]
+    assert cli.main(["index", *base, "--split", "train", "--out", str(tmp_path / "cidx"), "--k", "8"]) == 0
+    assert cli.main(["query", "image", *base, "--index", str(tmp_path / "cidx"), "--image", str(tmp_path / "q.png")]) == 0
+    assert cli.main(["query", "image", *base, "--index", str(tmp_path / "cidx"), "--image", str(tmp_path / "bad.png")]) == 2

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pretrain3d.errors import Pretrain3DError
 from pretrain3d.methods.registry import REGISTRY, method_names
+from pretrain3d.retrieval import SOURCES
 
 log = logging.getLogger("pretrain3d")
 
@@ -120,6 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("index", help="index a split's scenes as keypoints (a scene repository for `query`)")
+    _add_config(p)
+    p.add_argument("--source", required=True, choices=list(SOURCES),
+                   help="; ".join(f"{k}: {v}" for k, v in SOURCES.items()))
+    p.add_argument("--backbone", default=None, help="the pre-training run's backbone.pt (sources that need one)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--out", required=True, help="index folder")
+    p.add_argument("--k", type=int, default=128, help="keypoints per scene")
+    p.add_argument("--rule", default="fps", choices=["fps", "distinct"])
+
+    p = sub.add_parser("query", help="rank an index's scenes for a query (image: an RGB file)")
+    _add_config(p)
+    p.add_argument("kind", choices=["image"])
+    p.add_argument("--source", required=True, choices=list(SOURCES))
+    p.add_argument("--backbone", default=None)
+    p.add_argument("--index", required=True, help="index folder made by `pretrain3d index` with the same source")
+    p.add_argument("--image", required=True, help="RGB image file (PNG / JPEG)")
+    p.add_argument("--top", type=int, default=5)
+
     p = sub.add_parser("log-references", help="log the papers' numbers as MLflow reference runs + a JSON table")
     _add_config(p)
     p.add_argument("--out", default="results/references.json")
@@ -217,6 +237,16 @@ def _dispatch(args, load) -> int:
             from pretrain3d.stages.pretrain import pretrain
 
             pretrain(cfg, args.method, args.seed, args.out_dir, progress=not args.no_progress)
+    elif args.cmd in ("index", "query"):
+        from pretrain3d.stages import scene_queries as sq
+
+        source = sq.FeatureSource(cfg, args.source, args.backbone)
+        if args.cmd == "index":
+            sq.index_split(cfg, source, args.split, args.out, k=args.k, rule=args.rule)
+        else:
+            res = sq.query_image(source, args.index, sq.read_image(args.image), top=args.top)
+            for rank, (scene, score) in enumerate(res["top"], 1):
+                print(f"{rank:>3}  {scene}  {score:.4f}")
     elif args.cmd == "real-check":
         from pretrain3d.stages.real_check import real_check
 
