@@ -362,3 +362,10 @@ def test_index_and_query_stages_and_cli(tiny, tmp_path):
     assert cli.main(["index", *base, "--split", "train", "--out", str(tmp_path / "cidx"), "--k", "8"]) == 0
     assert cli.main(["query", "image", *base, "--index", str(tmp_path / "cidx"), "--image", str(tmp_path / "q.png")]) == 0
     assert cli.main(["query", "image", *base, "--index", str(tmp_path / "cidx"), "--image", str(tmp_path / "bad.png")]) == 2
+    # the duplicate query: an indexed scene finds itself first, with similarity 1
+    scene_dir = Path(cfg.data.processed_root) / "train" / scenes[1].scene_id
+    dup = sq.query_scene(teacher_src, tmp_path / "tidx", scene_dir, top=2)
+    assert dup["top"][0][0] == scenes[1].scene_id and dup["top"][0][1] == pytest.approx(1.0, abs=1e-3)
+    assert cli.main(["query", "scene", *base, "--index", str(tmp_path / "cidx"), "--scene", str(scene_dir)]) == 0
+    with pytest.raises(SystemExit, match="--scene is required"):
+        cli.main(["query", "scene", *base, "--index", str(tmp_path / "cidx")])

@@ -131,13 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=128, help="keypoints per scene")
     p.add_argument("--rule", default="fps", choices=["fps", "distinct"])
 
-    p = sub.add_parser("query", help="rank an index's scenes for a query (image: an RGB file)")
+    p = sub.add_parser("query", help="rank an index's scenes for a query (image: an RGB file; scene: a processed "
+                       "scene folder, i.e. duplicate detection)")
     _add_config(p)
-    p.add_argument("kind", choices=["image"])
+    p.add_argument("kind", choices=["image", "scene"])
     p.add_argument("--source", required=True, choices=list(SOURCES))
     p.add_argument("--backbone", default=None)
     p.add_argument("--index", required=True, help="index folder made by `pretrain3d index` with the same source")
-    p.add_argument("--image", required=True, help="RGB image file (PNG / JPEG)")
+    p.add_argument("--image", default=None, help="query image: an RGB image file (PNG / JPEG)")
+    p.add_argument("--scene", default=None, help="query scene: a processed scene folder (coord.npy, frames.json)")
     p.add_argument("--top", type=int, default=5)
 
     p = sub.add_parser("log-references", help="log the papers' numbers as MLflow reference runs + a JSON table")
@@ -244,7 +246,11 @@ def _dispatch(args, load) -> int:
         if args.cmd == "index":
             sq.index_split(cfg, source, args.split, args.out, k=args.k, rule=args.rule)
         else:
-            res = sq.query_image(source, args.index, sq.read_image(args.image), top=args.top)
+            what = args.image if args.kind == "image" else args.scene
+            if what is None:
+                raise SystemExit(f"pretrain3d query {args.kind}: --{args.kind} is required")
+            res = (sq.query_image(source, args.index, sq.read_image(what), top=args.top) if args.kind == "image"
+                   else sq.query_scene(source, args.index, what, top=args.top))
             for rank, (scene, score) in enumerate(res["top"], 1):
                 print(f"{rank:>3}  {scene}  {score:.4f}")
     elif args.cmd == "real-check":

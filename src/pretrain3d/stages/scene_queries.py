@@ -1,5 +1,5 @@
 """Scene repository stages (ConDense part 2): index a split's scenes as keypoints, and answer image /
-scene queries against an index. Feature sources ("methods" here):
+scene (duplicate) queries against an index. Feature sources ("methods" here):
 
 * ``condense`` -- the 3D field (scene side) and the jointly trained 2D network (image side) of a ConDense
   pre-training run (``--backbone .../condense/seedK/backbone.pt``);
@@ -142,3 +142,20 @@ def query_image(source: FeatureSource, index_dir: str | Path, image: np.ndarray,
         pose = rs.estimate_pose(uv[i], idx.xyz[b][j], intrinsics)
         out["pose"] = None if pose is None else pose["pose"].tolist()
     return out
+
+
+def query_scene(source: FeatureSource, index_dir: str | Path, scene_dir: str | Path, top: int = 5) -> dict:
+    """Rank the index's scenes by similarity to a processed scene (``scene_dir``): the duplicate-scene query.
+    The scene is condensed with the index's own rule and K; the score is the symmetric set similarity."""
+    from pretrain3d.data.scene import load_processed_scene
+    from pretrain3d.retrieval import index as ri
+    from pretrain3d.retrieval import search as rs
+    from pretrain3d.retrieval.keypoints import select_keypoints
+
+    idx = ri.load_index(index_dir, expect=source.fingerprint)
+    scene = load_processed_scene(scene_dir, allow_unlabelled=True)
+    ks = select_keypoints(scene.scene_id, np.asarray(scene.coord), source.point_features(scene),
+                          int(idx.fingerprint["k"]), idx.fingerprint["rule"])
+    scores = rs.scores_against(ks.desc, idx.desc, symmetric=True)
+    order = np.argsort(-scores, kind="stable")[:top]
+    return {"scene": scene.scene_id, "top": [(idx.scene_ids[i], float(scores[i])) for i in order]}
