@@ -28,16 +28,9 @@ def scene_keypoints(model, scene, k: int, rule: str, device="cpu", **select_kw) 
 def image_cells(model, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(desc (h*w, D) float32, uv (h*w, 2) pixel of each cell centre)`` of one RGB image (H, W, 3) uint8.
     A wrong-shaped or non-uint8 image is a ValueError saying what it is."""
-    from pretrain3d.teachers.cache import cell_to_pixel
+    from pretrain3d.retrieval.search import check_query_image, map_cells
 
-    img = np.asarray(image)
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or min(img.shape[:2]) < 8:
-        raise ValueError(f"a query image must be an RGB uint8 array (H, W, 3) of at least 8 x 8 pixels, "
-                         f"got {img.dtype} {img.shape}")
+    img = check_query_image(image)
     net = model.image_net
     f = model.embed_2d(net.head(net.trunk(net.preprocess([img]))), 1)[0]  # (D, h, w)
-    D, h, w = f.shape
-    rows, cols = np.mgrid[0:h, 0:w]
-    cells = np.stack([cols.ravel(), rows.ravel()], axis=1)
-    uv = cell_to_pixel(cells, img.shape[1], img.shape[0], net.geometry)
-    return f.reshape(D, -1).T.cpu().numpy().astype(np.float32), uv
+    return map_cells(f.cpu().numpy(), img.shape[1], img.shape[0], net.geometry)

@@ -55,13 +55,10 @@ def image_cells(model, fmap: torch.Tensor, geometry: dict | None, width: int, he
                 ) -> tuple[np.ndarray, np.ndarray]:
     """``(desc (h*w, embed_dim), uv (h*w, 2))`` of one teacher feature map ``fmap`` (D, h, w) of a
     ``width`` x ``height`` image: UPL's projection at every cell, and the cell centres' pixels."""
-    from pretrain3d.teachers.cache import cell_to_pixel
+    from pretrain3d.retrieval.search import map_cells
 
     fmap = torch.as_tensor(fmap, dtype=torch.float32)
     if fmap.ndim != 3 or fmap.shape[0] != model.upl.in_dim:
         raise ValueError(f"a teacher map (D={model.upl.in_dim}, h, w) is needed, got {tuple(fmap.shape)}")
     z = F.normalize(model.upl.project(fmap[None])[0], dim=0)
-    E, h, w = z.shape
-    rows, cols = np.mgrid[0:h, 0:w]
-    uv = cell_to_pixel(np.stack([cols.ravel(), rows.ravel()], axis=1), width, height, geometry)
-    return z.reshape(E, -1).T.numpy().astype(np.float32), uv
+    return map_cells(z.numpy(), width, height, geometry)

@@ -17,7 +17,28 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["normalise", "set_similarity", "best_cosines", "scores_against", "mutual_matches", "estimate_pose", "pose_errors"]
+__all__ = ["check_query_image", "map_cells", "normalise", "set_similarity", "best_cosines", "scores_against", "mutual_matches", "estimate_pose", "pose_errors"]
+
+
+def check_query_image(image) -> np.ndarray:
+    """The image as an (H, W, 3) uint8 array; anything else is a ValueError saying what it is."""
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or min(img.shape[:2]) < 8:
+        raise ValueError(f"a query image must be an RGB uint8 array (H, W, 3) of at least 8 x 8 pixels, "
+                         f"got {img.dtype} {img.shape}")
+    return img
+
+
+def map_cells(fmap, width: int, height: int, geometry: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """A feature map (D, h, w) of a ``width`` x ``height`` image as query rows: ``(desc (h*w, D) float32,
+    uv (h*w, 2) the pixel of each cell centre)`` (``teachers.cache.cell_to_pixel``)."""
+    from pretrain3d.teachers.cache import cell_to_pixel
+
+    f = np.asarray(fmap, np.float32)
+    D, h, w = f.shape
+    rows, cols = np.mgrid[0:h, 0:w]
+    uv = cell_to_pixel(np.stack([cols.ravel(), rows.ravel()], axis=1), width, height, geometry)
+    return f.reshape(D, -1).T.copy(), uv
 
 
 def normalise(x: np.ndarray) -> np.ndarray:

@@ -77,17 +77,12 @@ class FeatureSource:
 
         if self.source == "condense":
             return cf.image_cells(self.model, image)
-        from pretrain3d.teachers.cache import cell_geometry, cell_to_pixel
+        from pretrain3d.retrieval.search import check_query_image, map_cells
+        from pretrain3d.teachers.cache import cell_geometry
 
-        img = np.asarray(image)
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise ValueError(f"a query image must be an RGB uint8 array (H, W, 3), got {img.dtype} {img.shape}")
-        f = self._teacher_maps(img[None])[0]
-        D, h, w = f.shape
-        rows, cols = np.mgrid[0:h, 0:w]
-        uv = cell_to_pixel(np.stack([cols.ravel(), rows.ravel()], axis=1), img.shape[1], img.shape[0],
-                           cell_geometry(self.teacher.metadata(), "teacher"))
-        return f.reshape(D, -1).T.numpy(), uv
+        img = check_query_image(image)
+        return map_cells(self._teacher_maps(img[None])[0].numpy(), img.shape[1], img.shape[0],
+                         cell_geometry(self.teacher.metadata(), "teacher"))
 
 
 def read_image(path: str | Path) -> np.ndarray:
