@@ -18,6 +18,7 @@ include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/finetune.smk"
 include: "rules/evaluate.smk"
+include: "rules/queries.smk"
 include: "rules/references.smk"
 include: "rules/report.smk"
 

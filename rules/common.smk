@@ -40,6 +40,7 @@ wildcard_constraints:
     method="|".join(W.pretrained_methods(PARAMS)),
     protocol="|".join(PARAMS.experiment.protocols),
     seed=r"\d+",
+    source="|".join(W.query_sources(PARAMS)) or "none",
 
 
 def step_outputs(name):
@@ -76,6 +77,12 @@ def _real_check_inputs(wildcards):
     # the check (it was a recorded skip before). DVC sees data.sevenscenes.root as a param only.
     root = PARAMS.data.sevenscenes.root
     return {"fixture": [root] if os.path.isdir(root) else []}
+
+
+def _query_backbone_arg(wildcards):
+    # --backbone for a method source (its pre-training run); baselines have none
+    inputs = W.STEPS["scene_queries"].inputs(PARAMS, dict(wildcards.items()))
+    return f"--backbone {inputs['backbone']}" if "backbone" in inputs else ""
 
 
 OWN_PARENT = []  # the parent run this invocation created (and so must end)

@@ -26,7 +26,7 @@ def tiny_overrides(tmp: Path) -> dict:
         "data": {
             "raw_root": str(tmp / "raw"), "processed_root": str(tmp / "processed"), "workers": 1,
             "synthetic": {"num_train": 2, "num_val": 1, "frames_per_scene": 2, "image_width": 64,
-                          "image_height": 48, "points_per_m2": 120.0},
+                          "image_height": 48, "points_per_m2": 120.0, "rescans": 0},
         },
         "model": {"stem_channels": 8, "channels": [8, 16, 16, 16, 16, 16, 16, 16], "layers": [1] * 8},
         "train": {"grid_size": 0.1, "epochs": 2, "batch_size": 1, "checkpoint_every": 1, "val_every": 1,
@@ -40,6 +40,7 @@ def tiny_overrides(tmp: Path) -> dict:
                      "condense": {"volume_resolution": [12, 12, 6], "volume_channels": 8, "unet_channels": [8],
                                   "hidden": 16, "rays_per_view": 32, "samples_uniform": 12, "samples_importance": 4,
                                   "real_check_steps": 3}},
+        "queries": {"keypoints": 16, "head_points_per_scene": 256, "head_epochs": 3, "min_class_points": 10},
         "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "artifact_root": str(tmp / "mlartifacts")},
     }
 

@@ -21,7 +21,7 @@ from pretrain3d.workflow.steps import STEPS
 COMMAND_STEP = {"generate": "generate_synthetic", "preprocess": "preprocess", "features": "cache_features",
                 "pretrain": "pretrain", "real-check": "real_check", "finetune": "finetune",
                 "evaluate": "evaluate", "log-references": "log_references", "report": "report",
-                "download": "download"}
+                "download": "download", "query-benchmark": "scene_queries"}
 
 
 def _digest(paths, fields) -> str:
@@ -42,6 +42,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--method")
     ap.add_argument("--seed")
     ap.add_argument("--protocol")
+    ap.add_argument("--source")
     args, _ = ap.parse_known_args(argv)
     step = STEPS[COMMAND_STEP[args.cmd]]
     cfg = load_config(*args.config)

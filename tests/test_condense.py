@@ -341,13 +341,13 @@ def test_index_and_query_stages_and_cli(tiny, tmp_path):
     tmp, scenes, teacher = tiny
     cfg, s = _setup(tiny, n_scenes=1)
     _save(s, tmp_path / "backbone.pt")
-    src = sq.FeatureSource(cfg, "condense", tmp_path / "backbone.pt")
+    src = sq.build_source(cfg, "condense", tmp_path / "backbone.pt")
     summary = sq.index_split(cfg, src, "train", tmp_path / "idx", k=8, rule="fps")
     assert summary["scenes"] == 2 and summary["fingerprint"]["k"] == 8
     img = scenes[1].frames.read_color(0)
     res = sq.query_image(src, tmp_path / "idx", img, top=2, intrinsics=scenes[1].frames[0].intrinsics)
     assert sorted(sc for sc, _ in res["top"]) == sorted(x.scene_id for x in scenes) and "pose" in res
-    teacher_src = sq.FeatureSource(cfg, "teacher")
+    teacher_src = sq.build_source(cfg, "teacher")
     with pytest.raises(DataError, match="another model or config"):
         sq.query_image(teacher_src, tmp_path / "idx", img)
     sq.index_split(cfg, teacher_src, "train", tmp_path / "tidx", k=8)

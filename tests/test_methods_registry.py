@@ -48,7 +48,7 @@ def test_every_registered_plugin_has_a_build_function_and_its_hooks_resolve():
     for spec in registry.REGISTRY.values():
         if spec.plugin:
             assert callable(importlib.import_module(spec.plugin).build), spec.name
-        for ref in (spec.after_training, spec.real_check, spec.report_visual):
+        for ref in (spec.after_training, spec.real_check, spec.report_visual, spec.query_source):
             if ref:
                 assert callable(registry.resolve(ref)), (spec.name, ref)
 

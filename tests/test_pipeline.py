@@ -20,7 +20,8 @@ RUNS = [(m, p, s) for m in METHODS for p in ("la", "probe") for s in (0, 1)]
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     wd = make_workdir(tmp_path_factory.mktemp("pipeline"),
-                      extra={"experiment": {"methods": list(METHODS), "protocols": ["la", "probe"]}})
+                      extra={"experiment": {"methods": list(METHODS), "protocols": ["la", "probe"]},
+                             "data": {"synthetic": {"rescans": 1}}})  # the scene queries' duplicates
     snakemake(["--cores", "2"], wd)
     return wd
 
@@ -63,6 +64,16 @@ def test_pipeline_outputs(finished):
     assert (wd / "results/tiny/renders/condense-seed0-pca.png").read_bytes()[:4] == b"\x89PNG"
     real = json.loads((wd / "results/tiny/real_check/condense/render.json").read_text())
     assert real["status"] == "skipped" and "Real RGB-D (ConDense)**: skipped" in report
+    # scene queries: the teacher baseline once, each method with query features per seed; the report's table
+    for src, seeds in (("teacher", (0,)), ("ppkt", (0, 1)), ("condense", (0, 1))):
+        for s in seeds:
+            q = json.loads((wd / f"results/tiny/queries/{src}/seed{s}/metrics.json").read_text())
+            assert q["repository"]["splits"] == ["val", "rescan"] and q["image"]["queries"] > 0
+            assert 0.0 <= q["duplicates"]["ap"] <= 1.0 and q["uses_gt_labels"] is True
+            assert (wd / f"results/tiny/queries/{src}/seed{s}/index/index.json").exists()
+            assert q["real_image"]["status"] == "skipped"  # the fixture path is relative to the repository
+    assert "## Scene queries" in report and "| condense |" in report and "| teacher |" in report
+    assert (wd / "results/tiny/renders/queries/condense-image.png").read_bytes()[:4] == b"\x89PNG"
     # every rule logged, and nothing half-written left behind
     assert (wd / "logs/tiny/report.log").exists()
     assert not list(wd.rglob(".*.tmp"))
@@ -82,7 +93,14 @@ def test_mlflow_store_holds_parent_and_child_runs(finished):
     expected = ["generate", "preprocess", "features-dinov2_vits14", "report"]
     expected += [f"pretrain-{m}-seed{s}" for m in METHODS for s in (0, 1)]
     expected += [f"{job}-{m}-{p}-seed{s}" for job in ("finetune", "evaluate") for m, p, s in RUNS]
+    expected += ["queries-teacher-seed0"] + [f"queries-{m}-seed{s}" for m in ("ppkt", "condense") for s in (0, 1)]
     assert names == sorted(expected)
+    q = [r for r in children if r[1] == "queries-condense-seed1"][0]
+    assert tags[q[0]]["uses_gt_labels"] == "true" and tags[q[0]]["gt_labels_in"] == "language_head"
+    qm = {k for (k,) in con.execute("select key from metrics where run_uuid = ?", (q[0],))}
+    assert {"queries/image/recall_1", "queries/duplicates/ap", "queries/image/chance_1"} <= qm
+    classes = json.loads((finished / "results/tiny/queries/condense/seed1/metrics.json").read_text())["language"]["classes"]
+    assert ("queries/language/map" in qm) == (classes > 0)  # NaN (no class to rank) is not logged
     for r in children:
         t = tags[r[0]]
         for key in ("git_commit", "git_dirty", "config_hash", "data_hash"):

@@ -171,7 +171,8 @@ def test_snakemake_then_dvc_then_changes(tmp_path):
     first = ws.snakemake()
     assert "recorded" in first.stderr and "DVC stage(s) in dvc.lock" in first.stderr
     n = len(ws.jobs())
-    assert n == 1 + 1 + 1 + 2 + 4 + 4 + 1 + 1  # generate, preprocess, features, pretrain, finetune, evaluate, refs, report
+    # generate, preprocess, features, pretrain, finetune, evaluate, scene queries (teacher, ppkt), refs, report
+    assert n == 1 + 1 + 1 + 2 + 4 + 4 + 2 + 1 + 1
     # DVC agrees at once, and repro trains nothing
     assert ws.dvc_changed() == set()
     repro = ws.dvc("repro")

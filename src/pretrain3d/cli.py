@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backbone.pt files of methods with report figures (methods.registry report_visual)")
     p.add_argument("--real-check", nargs="*", default=[], metavar="FILE",
                    help="outputs of `real-check` (<dir>/<method>/render.png, render.json) to show")
+    p.add_argument("--queries", nargs="*", default=[], metavar="JSON",
+                   help="metrics.json files of `query-benchmark` (adds the 'Scene queries' section)")
 
     p = sub.add_parser("download", help="build data.raw_root from data.download (URLs with sha256, or your script)")
     _add_config(p)
@@ -130,17 +132,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="index folder")
     p.add_argument("--k", type=int, default=128, help="keypoints per scene")
     p.add_argument("--rule", default="fps", choices=["fps", "distinct"])
+    p.add_argument("--text-head", action="store_true",
+                   help="also fit the text head for `query text` (on the train split's ground-truth labels)")
 
     p = sub.add_parser("query", help="rank an index's scenes for a query (image: an RGB file; scene: a processed "
-                       "scene folder, i.e. duplicate detection)")
+                       "scene folder, i.e. duplicate detection; text: a sentence)")
     _add_config(p)
-    p.add_argument("kind", choices=["image", "scene"])
+    p.add_argument("kind", choices=["image", "scene", "text"])
     p.add_argument("--source", required=True, choices=list(SOURCES))
     p.add_argument("--backbone", default=None)
     p.add_argument("--index", required=True, help="index folder made by `pretrain3d index` with the same source")
     p.add_argument("--image", default=None, help="query image: an RGB image file (PNG / JPEG)")
     p.add_argument("--scene", default=None, help="query scene: a processed scene folder (coord.npy, frames.json)")
+    p.add_argument("--text", default=None, help="query sentence, e.g. 'a room with a bathtub' (needs the index's "
+                   "text head, fitted on ground-truth labels)")
     p.add_argument("--top", type=int, default=5)
+
+    p = sub.add_parser("query-benchmark", help="index the val repository (val + rescans) with one source and score "
+                       "the image, duplicate and text query benchmarks")
+    _add_config(p)
+    p.add_argument("--source", required=True, choices=list(SOURCES))
+    p.add_argument("--backbone", default=None)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("log-references", help="log the papers' numbers as MLflow reference runs + a JSON table")
     _add_config(p)
@@ -242,17 +257,29 @@ def _dispatch(args, load) -> int:
     elif args.cmd in ("index", "query"):
         from pretrain3d.stages import scene_queries as sq
 
-        source = sq.FeatureSource(cfg, args.source, args.backbone)
+        source = sq.build_source(cfg, args.source, args.backbone)
         if args.cmd == "index":
             sq.index_split(cfg, source, args.split, args.out, k=args.k, rule=args.rule)
+            if args.text_head:
+                sq.fit_text_head_for(cfg, source, args.out)
         else:
-            what = args.image if args.kind == "image" else args.scene
+            what = getattr(args, args.kind)
             if what is None:
                 raise SystemExit(f"pretrain3d query {args.kind}: --{args.kind} is required")
-            res = (sq.query_image(source, args.index, sq.read_image(what), top=args.top) if args.kind == "image"
-                   else sq.query_scene(source, args.index, what, top=args.top))
+            if args.kind == "image":
+                res = sq.query_image(source, args.index, sq.read_image(what), top=args.top)
+            elif args.kind == "scene":
+                res = sq.query_scene(source, args.index, what, top=args.top)
+            else:
+                res = sq.query_text(cfg, source.fingerprint, args.index, what, top=args.top)
+                print("(text head fitted on ground-truth labels: uses_gt_labels=true)")
             for rank, (scene, score) in enumerate(res["top"], 1):
                 print(f"{rank:>3}  {scene}  {score:.4f}")
+    elif args.cmd == "query-benchmark":
+        from pretrain3d.stages.query_benchmark import score_queries
+
+        score_queries(cfg, args.source, args.seed, args.out_dir, backbone=args.backbone,
+                      progress=not args.no_progress)
     elif args.cmd == "real-check":
         from pretrain3d.stages.real_check import real_check
 
@@ -279,7 +306,7 @@ def _dispatch(args, load) -> int:
         from pretrain3d.stages.report import report
 
         report(cfg, args.metrics, args.out_dir, references=args.references, renders=args.renders,
-               real_check=args.real_check)
+               real_check=args.real_check, queries=args.queries)
     elif args.cmd == "download":
         from pretrain3d.stages.download import download_raw
 

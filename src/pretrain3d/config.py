@@ -66,7 +66,7 @@ class SyntheticConfig(_Strict):
     image_width: int = Field(160, ge=16)
     image_height: int = Field(120, ge=16)
     points_per_m2: float = Field(600.0, gt=0)
-    rescans: int = Field(0, ge=0, description="Re-captures of every val scene (same room, another camera path, "
+    rescans: int = Field(1, ge=0, description="Re-captures of every val scene (same room, another camera path, "
                          "sensor noise, a few objects moved) written as the split 'rescan' (synth_val_<i>_r<k>), "
                          "for the duplicate-scene and image-to-scene queries; train and val are unchanged.")
 
@@ -492,6 +492,35 @@ class TrackingConfig(_Strict):
     log_checkpoint: bool = Field(True, description="Log the final checkpoint as an MLflow artifact.")
 
 
+class QueriesConfig(_Strict):
+    """Scene queries on keypoint indexes (ConDense part 2; stages/query_benchmark.py): image -> scene with
+    pose, duplicate scenes, text -> scene, for the fused-teacher baseline and every scheduled method with
+    query features. The repository is the val split plus its rescans (``data.synthetic.rescans``)."""
+
+    enabled: bool = Field(True, description="Score the three query benchmarks in the default target.")
+    baselines: list[Literal["teacher"]] = Field(["teacher"], description="Sources without a pre-training run.")
+    keypoints: int = Field(128, ge=4, description="K keypoints per scene (positions + descriptors).")
+    rule: Literal["fps", "distinct"] = Field("fps", description="Keypoint selection: fps (spatial spread) or "
+                                             "distinct (feature distinctiveness + spacing); retrieval/keypoints.py.")
+    text_encoder: Literal["minilm_l6_v2", "clip_vit_b16"] = Field(
+        "minilm_l6_v2", description="Encoder of text queries and class names (teachers/text.py; MiniLM is offline).")
+    text_encoder_weights: str | None = Field(None, description="Local weights of the text encoder.")
+    text_template: str = Field("a room with a {}", description="Sentence of a class-name text query ({} = name).")
+    min_class_points: int = Field(100, ge=1, description="A scene 'contains' a class with at least this many points.")
+    head_points_per_scene: int = Field(2048, ge=16, description="Labelled train points per scene for the text head.")
+    head_epochs: int = Field(30, ge=1, description="Epochs of the text head (retrieval/language.py).")
+    pnp_reprojection_px: float = Field(12.0, gt=0, description="RANSAC inlier threshold of the PnP pose (pixels).")
+    queries_per_scene: int | None = Field(None, ge=1, description="Image queries per scene (its first frames); "
+                                          "null = every frame.")
+
+    @field_validator("text_template")
+    @classmethod
+    def _one_slot(cls, v: str) -> str:
+        if v.count("{}") != 1:
+            raise ValueError(f"text_template needs exactly one '{{}}' for the class name, got {v!r}")
+        return v
+
+
 class Params(_Strict):
     experiment: ExperimentConfig = ExperimentConfig()
     data: DataConfig = DataConfig()
@@ -501,6 +530,7 @@ class Params(_Strict):
     teacher: TeacherConfig = TeacherConfig()
     pretrain: PretrainConfig = PretrainConfig()
     eval: EvalConfig = EvalConfig()
+    queries: QueriesConfig = QueriesConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("experiment")

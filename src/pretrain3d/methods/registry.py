@@ -29,6 +29,7 @@ class MethodSpec:
     after_training: str | None = None   # "module:function"(methods.plugin.AfterTraining) -> dict: held-out check
     real_check: str | None = None       # "module:function": short run on the real RGB-D fixture -> PNG + JSON
     report_visual: str | None = None    # "module:function": the report's figures from its saved backbones
+    query_source: str | None = None     # "module:Class"(cfg, backbone, device): scene-query features (retrieval.sources)
     description: str = ""
 
     def __post_init__(self):
@@ -46,6 +47,7 @@ REGISTRY: dict[str, MethodSpec] = {s.name: s for s in [
                description="no pre-training: a seeded random initialisation, saved like a pre-trained backbone"),
     MethodSpec("ppkt", "pretrain3d.methods.ppkt", frozenset({"scenes", "frames", "features"}),
                ("pretrain.ppkt", "teacher"), exclude=("teacher.batch_size",),
+               query_source="pretrain3d.retrieval.ppkt_features:PPKTSource",
                description="pixel-to-point distillation of a frozen 2D teacher (Liu et al., arXiv 2104.04687)"),
     MethodSpec("ponderv2", "pretrain3d.methods.ponderv2", frozenset({"scenes", "frames"}), ("pretrain.ponderv2",),
                exclude=_PONDER_EXCLUDE, check_only=("pretrain.ponderv2.real_check_steps",),
@@ -66,6 +68,7 @@ REGISTRY: dict[str, MethodSpec] = {s.name: s for s in [
                after_training="pretrain3d.stages.condense_checks:after_training",
                real_check="pretrain3d.stages.condense_checks:real_data_check",
                report_visual="pretrain3d.stages.condense_checks:report_section",
+               query_source="pretrain3d.retrieval.condense_features:CondenseSource",
                description="joint 2D/3D pre-training: rendered 3D features and a trainable 2D ViT kept consistent "
                            "(a reconstruction of Zhang et al., ECCV 2024; methods/condense.py states every choice)"),
 ]}

@@ -13,7 +13,31 @@ import torch
 
 from pretrain3d.retrieval.keypoints import KeypointSet, select_keypoints
 
-__all__ = ["scene_keypoints", "image_cells"]
+__all__ = ["CondenseSource", "scene_keypoints", "image_cells"]
+
+
+class CondenseSource:
+    """A ConDense run as a scene-query source (``retrieval.sources``): its 3D field for scenes, its jointly
+    trained 2D network for images."""
+
+    name = "condense"
+
+    def __init__(self, cfg, backbone, device="cpu"):
+        from pretrain3d.methods.condense import load_condense_model
+        from pretrain3d.retrieval.sources import file_sha256, teacher_tag
+
+        self.device = device
+        self.model = load_condense_model(cfg, backbone, device).eval()
+        self.fingerprint = {"source": self.name, "backbone_sha256": file_sha256(backbone),
+                            "teacher": teacher_tag(self.model.image_net.teacher)}
+
+    def point_features(self, scene) -> np.ndarray:
+        from pretrain3d.methods.condense import point_features
+
+        return point_features(self.model, scene, self.device).numpy()
+
+    def image_cells(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return image_cells(self.model, image)
 
 
 def scene_keypoints(model, scene, k: int, rule: str, device="cpu", **select_kw) -> KeypointSet:

@@ -12,7 +12,42 @@ import torch.nn.functional as F
 
 from pretrain3d.errors import DataError
 
-__all__ = ["load_ppkt_model", "point_features", "image_cells"]
+__all__ = ["PPKTSource", "load_ppkt_model", "point_features", "image_cells"]
+
+
+class PPKTSource:
+    """A PPKT run as a scene-query source (``retrieval.sources``): backbone + projection head for scenes,
+    the configured teacher + UPL for images. The teacher must be the one the run distilled."""
+
+    name = "ppkt"
+
+    def __init__(self, cfg, backbone, device="cpu"):
+        from pretrain3d.retrieval.sources import file_sha256, teacher_tag
+        from pretrain3d.teachers.cache import cell_geometry
+        from pretrain3d.teachers.registry import build_teacher
+
+        t = cfg.teacher
+        self.device, self.grid_size = device, cfg.train.grid_size
+        self.model = load_ppkt_model(cfg, backbone, device)
+        self.teacher = build_teacher(t.name, t.layer, (t.input_height, t.input_width), t.weights).to(device).eval()
+        if self.teacher.dim != self.model.upl.in_dim:
+            raise DataError(Path(backbone), f"was distilled from a {self.model.upl.in_dim}-wide teacher, but the "
+                            f"configured teacher {t.name}:{t.layer} is {self.teacher.dim} wide",
+                            "configure the teacher of that run")
+        self.geometry = cell_geometry(self.teacher.metadata(), "teacher")
+        self.fingerprint = {"source": self.name, "backbone_sha256": file_sha256(backbone),
+                            "teacher": teacher_tag(self.teacher)}
+
+    def point_features(self, scene) -> np.ndarray:
+        return point_features(self.model, scene, self.grid_size, self.device)
+
+    @torch.no_grad()
+    def image_cells(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from pretrain3d.retrieval.search import check_query_image
+
+        img = check_query_image(image)
+        fmap = self.teacher(self.teacher.preprocess([img])).float().cpu()[0]
+        return image_cells(self.model, fmap, self.geometry, img.shape[1], img.shape[0])
 
 
 def load_ppkt_model(cfg, backbone_pt_path: str | Path, device="cpu"):

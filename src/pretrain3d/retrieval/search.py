@@ -117,6 +117,8 @@ def estimate_pose(uv: np.ndarray, xyz: np.ndarray, K: np.ndarray, *, reproj_px: 
     inl = inliers.reshape(-1)
     # refine on the inliers (Levenberg-Marquardt from the RANSAC estimate)
     rvec, tvec = cv2.solvePnPRefineLM(xyz[inl], uv[inl], np.asarray(K, np.float64), None, rvec, tvec)
+    if not (np.all(np.isfinite(rvec)) and np.all(np.isfinite(tvec))):  # degenerate inliers (e.g. collinear)
+        return None
     R, _ = cv2.Rodrigues(rvec)
     w2c = np.eye(4)
     w2c[:3, :3], w2c[:3, 3] = R, tvec.reshape(3)

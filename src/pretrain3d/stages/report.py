@@ -28,6 +28,7 @@ from pretrain3d.atomic import write_json, write_text
 from pretrain3d.config import Params, config_hash
 from pretrain3d.errors import DataError
 from pretrain3d.stages.common import job_params, job_tags
+from pretrain3d.stages.query_report import query_section
 from pretrain3d.tracking.mlflow_runs import job_run
 
 log = logging.getLogger(__name__)
@@ -232,7 +233,8 @@ def method_figures(cfg: Params, backbones: list[str], real_check: list[str], out
 
 
 def report(cfg: Params, metrics_files: list[str], out_dir: str | Path, references: str | Path | None = None,
-           renders: list[str] | None = None, real_check: list[str] | None = None) -> dict:
+           renders: list[str] | None = None, real_check: list[str] | None = None,
+           queries: list[str] | None = None) -> dict:
     out_dir = Path(out_dir)
     summary = summarize(metrics_files)
     summary["config_hash"] = config_hash(cfg)
@@ -241,6 +243,10 @@ def report(cfg: Params, metrics_files: list[str], out_dir: str | Path, reference
     render_text, pngs = method_figures(cfg, list(renders or []), list(real_check or []), out_dir)
     if render_text:
         text += "\n" + render_text
+    query_text, query_pngs, summary["queries"] = query_section(list(queries or []), out_dir)
+    if query_text:
+        text += "\n" + query_text
+        pngs += query_pngs
     if references is not None:
         text += "\n" + paper_references_section(load_reference_table(references), summary, cfg)
     write_json(out_dir / "summary.json", summary)
@@ -248,6 +254,9 @@ def report(cfg: Params, metrics_files: list[str], out_dir: str | Path, reference
     with job_run(cfg.tracking, "report", job_tags(cfg, "report"), job_params(cfg)) as run:
         for name, e in summary["groups"].items():
             run.log_metrics({f"summary/{name}/{k}": v for k, v in e.items() if isinstance(v, float)})
+        for src, e in summary["queries"].items():
+            run.log_metrics({f"queries/{src}/{k}": v["mean"] for k, v in e.items()
+                             if isinstance(v, dict) and isinstance(v.get("mean"), float)})
         for c in summary["comparisons"]:
             run.log_metrics({f"compare/{c['method']}-vs-scratch/{c['protocol']}/{k}": v
                              for k, v in c.items() if isinstance(v, float)})

@@ -1,88 +1,32 @@
-"""Scene repository stages (ConDense part 2): index a split's scenes as keypoints, and answer image /
-scene (duplicate) queries against an index. Feature sources ("methods" here):
+"""Scene repository stages (ConDense part 2): index scenes as keypoints, and answer image / scene
+(duplicate) / text queries against an index. Feature sources: ``retrieval.sources`` (the fused-teacher
+baseline, and every method with ``query_source`` in methods.registry).
 
-* ``condense`` -- the 3D field (scene side) and the jointly trained 2D network (image side) of a ConDense
-  pre-training run (``--backbone .../condense/seedK/backbone.pt``);
-* ``teacher`` -- the frozen teacher fused onto the points by multi-view averaging (scene side) and the
-  teacher's own cells (image side): the no-3D-training baseline;
-
-Every index stores a fingerprint (source, backbone file hash, teacher, keypoint rule, K); a query
-with another model or settings is refused (``retrieval.index.load_index``).
+Every index stores a fingerprint (source, backbone file hash, teacher, keypoint rule, K); a query with
+another model or settings is refused (``retrieval.index.load_index``). A text query also needs the
+index's text head (``text_head.npz``, fitted on ground-truth labels: ``retrieval.language``).
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from pretrain3d.atomic import atomic_path, write_json
 from pretrain3d.config import Params
 from pretrain3d.errors import DataError
-from pretrain3d.retrieval import SOURCES  # name -> description
+from pretrain3d.retrieval.sources import build_source
 
 log = logging.getLogger(__name__)
 
+__all__ = ["build_source", "read_image", "index_scenes", "index_split", "fit_text_head_for", "load_text_head",
+           "query_image", "query_scene", "query_text"]
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-class FeatureSource:
-    """Scene-side point features and image-side cells of one source, and its fingerprint."""
-
-    def __init__(self, cfg: Params, source: str, backbone: str | Path | None = None, device="cpu"):
-        from pretrain3d.methods import condense
-
-        if source not in SOURCES:
-            raise ValueError(f"unknown feature source {source!r} (one of {', '.join(SOURCES)})")
-        self.source, self.device = source, device
-        if source == "condense":
-            if backbone is None:
-                raise ValueError("the condense source needs --backbone (a ConDense pre-training's backbone.pt)")
-            self.model = condense.load_condense_model(cfg, backbone, device).eval()
-            self.teacher = self.model.image_net.teacher
-            self.fingerprint = {"source": source, "backbone_sha256": _sha256(Path(backbone))}
-        else:
-            self.model = None
-            self.teacher = condense.build_condense_teacher(cfg).to(device).eval()
-            self.fingerprint = {"source": source}
-        meta = self.teacher.metadata()
-        self.fingerprint["teacher"] = f"{meta['name']}:{meta['layer']}:{meta['weights_sha256'][:16]}"
-
-    @torch.no_grad()
-    def _teacher_maps(self, images) -> torch.Tensor:
-        return self.teacher(self.teacher.preprocess(list(images))).float().cpu()
-
-    def point_features(self, scene) -> np.ndarray:
-        if self.source == "condense":
-            from pretrain3d.methods.condense import point_features
-
-            return point_features(self.model, scene, self.device).numpy()
-        from pretrain3d.retrieval.fused_teacher import fused_point_features
-        from pretrain3d.teachers.cache import cell_geometry
-
-        return fused_point_features(self._teacher_maps, cell_geometry(self.teacher.metadata(), "teacher"), scene)[0]
-
-    def image_cells(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from pretrain3d.retrieval import condense_features as cf
-
-        if self.source == "condense":
-            return cf.image_cells(self.model, image)
-        from pretrain3d.retrieval.search import check_query_image, map_cells
-        from pretrain3d.teachers.cache import cell_geometry
-
-        img = check_query_image(image)
-        return map_cells(self._teacher_maps(img[None])[0].numpy(), img.shape[1], img.shape[0],
-                         cell_geometry(self.teacher.metadata(), "teacher"))
+TEXT_HEAD = "text_head.npz"
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -97,30 +41,95 @@ def read_image(path: str | Path) -> np.ndarray:
         raise DataError(path, f"not a readable image ({type(e).__name__}: {e})", "pass a PNG or JPEG file") from e
 
 
-def index_split(cfg: Params, source: FeatureSource, split: str, out_dir: str | Path, k: int = 128,
-                rule: str = "fps") -> dict:
-    """Index every scene of ``split`` (processed) into ``out_dir``; returns a summary."""
-    from pretrain3d.data.scene import load_split_scenes
+def index_scenes(source, scenes: list, out_dir: str | Path, k: int = 128, rule: str = "fps",
+                 progress: bool = False) -> dict:
+    """Index ``scenes`` (processed) into ``out_dir``; returns a summary with the time per scene."""
+    from tqdm import tqdm
+
     from pretrain3d.retrieval import index as ri
     from pretrain3d.retrieval.keypoints import select_keypoints
+
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    for s in tqdm(scenes, desc=f"index ({source.name})", unit="scene", disable=not progress):
+        ri.write_scene(out, select_keypoints(s.scene_id, np.asarray(s.coord), source.point_features(s), k, rule))
+    fp = {**source.fingerprint, "rule": rule, "k": int(k)}
+    ri.write_index(out, fp, [s.scene_id for s in scenes])
+    seconds = time.perf_counter() - t0
+    log.info("indexed %d scenes into %s (%s, K=%d, %s): %.2f s per scene", len(scenes), out, source.name, k, rule,
+             seconds / max(1, len(scenes)))
+    return {"scenes": len(scenes), "seconds_per_scene": seconds / max(1, len(scenes)), "fingerprint": fp}
+
+
+def index_split(cfg: Params, source, split: str, out_dir: str | Path, k: int = 128, rule: str = "fps") -> dict:
+    """Index every processed scene of ``split`` into ``out_dir``."""
+    from pretrain3d.data.scene import load_split_scenes
 
     scenes = load_split_scenes(cfg.data.processed_root, split, cfg.data.num_classes)
     if not scenes:
         raise DataError(Path(cfg.data.processed_root) / split, "no processed scenes to index")
-    out = Path(out_dir)
-    t0 = time.perf_counter()
+    return index_scenes(source, scenes, out_dir, k, rule)
+
+
+def fit_text_head_for(cfg: Params, source, out_dir: str | Path, seed: int = 0) -> dict:
+    """Fit the source's text head on the labelled train split (``retrieval.language``; uses ground-truth
+    labels) and store it in the index folder with the class names, encoder and template it was made for."""
+    from pretrain3d.data.labels import IGNORE_INDEX
+    from pretrain3d.data.scene import load_split_scenes
+    from pretrain3d.retrieval.language import fit_text_head
+
+    q = cfg.queries
+    scenes = load_split_scenes(cfg.data.processed_root, "train", cfg.data.num_classes)
+    if not scenes:
+        raise DataError(Path(cfg.data.processed_root) / "train", "no labelled train scenes to fit the text head on")
+    rng = np.random.default_rng(seed)
+    X, Y = [], []
     for s in scenes:
-        ks = select_keypoints(s.scene_id, np.asarray(s.coord), source.point_features(s), k, rule)
-        ri.write_scene(out, ks)
-    fp = {**source.fingerprint, "rule": rule, "k": int(k)}
-    ri.write_index(out, fp, [s.scene_id for s in scenes])
-    seconds = time.perf_counter() - t0
-    log.info("indexed %d %s scenes into %s (%s, K=%d, %s): %.2f s per scene", len(scenes), split, out,
-             source.source, k, rule, seconds / len(scenes))
-    return {"scenes": len(scenes), "seconds_per_scene": seconds / len(scenes), "fingerprint": fp}
+        seg = np.asarray(s.segment)
+        idx = np.flatnonzero(seg != IGNORE_INDEX)
+        idx = rng.choice(idx, min(len(idx), q.head_points_per_scene), replace=False) if len(idx) else idx
+        X.append(source.point_features(s)[idx])
+        Y.append(seg[idx])
+    names, text = class_text(cfg, "{}")
+    head = fit_text_head(np.concatenate(X), np.concatenate(Y), text, epochs=q.head_epochs, seed=seed)
+    path = Path(out_dir) / TEXT_HEAD
+    meta = {"fingerprint": {**source.fingerprint}, "classes": names, "text_encoder": cfg.queries.text_encoder,
+            "uses_gt_labels": True, "train_scenes": len(scenes)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, head=head, meta=np.array(json.dumps(meta)))
+    return {"head": head, **meta}
 
 
-def query_image(source: FeatureSource, index_dir: str | Path, image: np.ndarray, top: int = 5,
+def class_text(cfg: Params, template: str) -> tuple[list[str], np.ndarray]:
+    """The dataset's class names and their text embeddings through ``template`` (unit rows)."""
+    from pretrain3d.data.labels import dataset_class_names
+    from pretrain3d.teachers.text import build_text_encoder, class_embeddings
+
+    q = cfg.queries
+    names = list(dataset_class_names(cfg.data.dataset, cfg.data.num_classes))
+    enc = build_text_encoder(q.text_encoder, q.text_encoder_weights)
+    return names, class_embeddings(enc, names, [template])
+
+
+def load_text_head(index_dir: str | Path, fingerprint: dict) -> tuple[np.ndarray, dict]:
+    """The index's text head (``fit_text_head_for``); missing, unreadable or made for another source: DataError."""
+    path = Path(index_dir) / TEXT_HEAD
+    if not path.exists():
+        raise DataError(path, "this index has no text head (language queries need one)",
+                        "build the index with `pretrain3d index --text-head` or the scene_queries step")
+    try:
+        with np.load(path) as z:
+            head, meta = z["head"].astype(np.float32), json.loads(str(z["meta"]))
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(path, f"not a readable text head ({type(e).__name__}: {e})", "rebuild the index") from e
+    diff = sorted(k for k, v in fingerprint.items() if meta.get("fingerprint", {}).get(k) != v)
+    if diff:
+        raise DataError(path, f"text head was fitted for another model ({', '.join(diff)} differ)", "rebuild the index")
+    return head, meta
+
+
+def query_image(source, index_dir: str | Path, image: np.ndarray, top: int = 5,
                 intrinsics: np.ndarray | None = None) -> dict:
     """Rank the index's scenes for an RGB image; with ``intrinsics`` (3, 3), the camera pose in the best one."""
     from pretrain3d.retrieval import index as ri
@@ -139,7 +148,7 @@ def query_image(source: FeatureSource, index_dir: str | Path, image: np.ndarray,
     return out
 
 
-def query_scene(source: FeatureSource, index_dir: str | Path, scene_dir: str | Path, top: int = 5) -> dict:
+def query_scene(source, index_dir: str | Path, scene_dir: str | Path, top: int = 5) -> dict:
     """Rank the index's scenes by similarity to a processed scene (``scene_dir``): the duplicate-scene query.
     The scene is condensed with the index's own rule and K; the score is the symmetric set similarity."""
     from pretrain3d.data.scene import load_processed_scene
@@ -154,3 +163,20 @@ def query_scene(source: FeatureSource, index_dir: str | Path, scene_dir: str | P
     scores = rs.scores_against(ks.desc, idx.desc, symmetric=True)
     order = np.argsort(-scores, kind="stable")[:top]
     return {"scene": scene.scene_id, "top": [(idx.scene_ids[i], float(scores[i])) for i in order]}
+
+
+def query_text(cfg: Params, source_fingerprint: dict, index_dir: str | Path, text: str, top: int = 5) -> dict:
+    """Rank the index's scenes for a sentence through the index's text head (ground-truth-label aligned)."""
+    from pretrain3d.retrieval import index as ri
+    from pretrain3d.retrieval.language import text_scores
+    from pretrain3d.teachers.text import build_text_encoder, class_embeddings
+
+    if not text.strip():
+        raise ValueError("the text query is empty")
+    idx = ri.load_index(index_dir, expect=source_fingerprint)
+    head, meta = load_text_head(index_dir, source_fingerprint)
+    enc = build_text_encoder(meta["text_encoder"], cfg.queries.text_encoder_weights)
+    q = class_embeddings(enc, [text], ["{}"])[0]
+    scores = text_scores(q, idx.desc, head)
+    order = np.argsort(-scores, kind="stable")[:top]
+    return {"text": text, "uses_gt_labels": True, "top": [(idx.scene_ids[i], float(scores[i])) for i in order]}

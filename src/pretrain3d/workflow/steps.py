@@ -123,7 +123,14 @@ def wildcard_values(cfg: Params, name: str, step: str) -> list[str]:
         return list(e.protocols)
     if name == "seed":
         return [str(s) for s in e.seeds]
+    if name == "source":
+        return query_sources(cfg)
     raise KeyError(name)
+
+
+def query_sources(cfg: Params) -> list[str]:
+    """Feature sources of the scene queries: the baselines, then compared methods with query features."""
+    return list(cfg.queries.baselines) + [m for m in cfg.experiment.methods if registry.spec(m).query_source]
 
 
 def pretrain_jobs(cfg: Params) -> list[Wildcards]:
@@ -155,6 +162,53 @@ def run_dir(cfg: Params, w: Wildcards) -> str:
 def real_check_outputs(cfg: Params, method: str) -> dict[str, str]:
     d = f"{results_dir(cfg)}/real_check/{method}"
     return {"png": f"{d}/render.png", "json": f"{d}/render.json"}
+
+
+def query_jobs(cfg: Params) -> list[Wildcards]:
+    """The scene-query benchmark's jobs: each baseline once (first seed; it trains nothing), each compared method
+    with query features (methods.registry ``query_source``) for every seed. None without RGB-D frames or
+    without such a method."""
+    methods = [m for m in cfg.experiment.methods if registry.spec(m).query_source]
+    if not cfg.queries.enabled or not methods or "frames" not in dataset_provides(cfg):
+        return []  # baselines alone compare nothing
+    first = str(cfg.experiment.seeds[0])
+    return ([{"source": b, "seed": first} for b in cfg.queries.baselines]
+            + [{"source": m, "seed": str(s)} for m in methods for s in cfg.experiment.seeds])
+
+
+def query_dir(cfg: Params, w: Wildcards) -> str:
+    return f"{results_dir(cfg)}/queries/{w['source']}/seed{w['seed']}"
+
+
+def _is_method(source: str) -> bool:
+    return source in registry.REGISTRY
+
+
+def _query_inputs(cfg: Params, w: Wildcards) -> dict[str, Any]:
+    out: dict[str, Any] = {"data": cfg.data.processed_root}
+    if _is_method(w["source"]):
+        out["backbone"] = backbone(cfg, w["source"], w["seed"])
+    return out
+
+
+_QUERY_COMMON = ("queries", "data.dataset", "data.num_classes", "data.sevenscenes", "train.grid_size", "train.device",
+                 "teacher")
+
+
+def _query_fields(cfg: Params, w: Wildcards) -> tuple[str, ...]:
+    if _is_method(w["source"]):  # the model is rebuilt from the config before its weights are loaded
+        return _QUERY_COMMON + ("model",) + registry.spec(w["source"]).fields
+    return _QUERY_COMMON
+
+
+def _query_exclude(cfg: Params, w: Wildcards) -> tuple[str, ...]:
+    spec_exclude = registry.spec(w["source"]).exclude if _is_method(w["source"]) else ()
+    return ("queries.enabled", "queries.baselines", "teacher.batch_size", "teacher.cache_root") + spec_exclude
+
+
+def _query_modules(w: Wildcards) -> tuple[str, ...]:
+    ref = registry.spec(w["source"]).query_source if _is_method(w.get("source", "")) else None
+    return ("pretrain3d.stages.query_benchmark", *_modules(ref))
 
 
 def report_outputs(cfg: Params) -> dict[str, str]:
@@ -241,8 +295,9 @@ def _report_inputs(cfg: Params, w: Wildcards) -> dict[str, Any]:
     # pretrain_only runs the figures do not already read (so that they are built all the same)
     only = [b for b in (backbone(cfg, m, str(e.seeds[0])) for m in e.pretrain_only) if b not in renders]
     real = [f for m in real_check_methods(cfg) for f in real_check_outputs(cfg, m).values()]
+    queries = [f"{query_dir(cfg, w)}/metrics.json" for w in query_jobs(cfg)]
     return {"metrics": metrics, "references": "results/references.json", "backbones": renders,
-            "pretrain_only": only, "real": real}
+            "pretrain_only": only, "real": real, "queries": queries}
 
 
 STEPS: dict[str, Step] = {s.name: s for s in [
@@ -282,6 +337,11 @@ STEPS: dict[str, Step] = {s.name: s for s in [
          outputs=lambda cfg, w: {k: f"{run_dir(cfg, w)}/{k}.{ext}" for k, ext in
                                  (("metrics", "json"), ("confusion", "png"), ("render", "png"))},
          fields=lambda cfg, w: ("train.grid_size", "train.device", "eval", "data.num_classes")),
+    Step("scene_queries", _query_modules, ("source", "seed"), dvc_group_by=("source",),
+         inputs=_query_inputs,
+         outputs=lambda cfg, w: {"metrics": f"{query_dir(cfg, w)}/metrics.json", "index": f"{query_dir(cfg, w)}/index",
+                                 "figures": f"{query_dir(cfg, w)}/figures"},
+         fields=_query_fields, exclude=_query_exclude, directory_outputs=("index", "figures")),
     Step("log_references", "pretrain3d.stages.references", (),
          outputs=lambda cfg, w: {"references": "results/references.json"},
          fields=lambda cfg, w: ("tracking.uri", "tracking.experiment", "tracking.enabled"),
@@ -311,6 +371,8 @@ def active_steps(cfg: Params) -> list[tuple[Step, list[Wildcards]]]:
         out.append((STEPS["real_check"], [{"method": m} for m in real_check_methods(cfg)]))
     out.append((STEPS["finetune"], STEPS["finetune"].jobs(cfg)))
     out.append((STEPS["evaluate"], STEPS["evaluate"].jobs(cfg)))
+    if query_jobs(cfg):
+        out.append((STEPS["scene_queries"], query_jobs(cfg)))
     out.append((STEPS["log_references"], [{}]))
     out.append((STEPS["report"], [{}]))
     return out
