@@ -173,3 +173,13 @@ def test_a_method_source_needs_its_backbone(repo):
         build_source(cfg, "ppkt", Path("/nonexistent/backbone.pt"))
     with pytest.raises(ConfigError, match="unknown scene-query feature source"):
         build_source(cfg, "nope")
+
+
+def test_report_columns_have_mlflow_safe_metric_keys():
+    import re
+
+    from pretrain3d.stages.query_report import COLUMNS, metric_key
+
+    keys = [metric_key(name) for name, _, _ in COLUMNS]
+    assert len(set(keys)) == len(keys) and "image_r_at_1" in keys and "7_scenes_pose_rot" in keys
+    assert all(re.fullmatch(r"[A-Za-z0-9_]+", k) for k in keys)

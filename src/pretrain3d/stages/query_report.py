@@ -4,6 +4,7 @@ it) and the first seed's query -> top-3 PNG per query type and source."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 from pathlib import Path
@@ -18,6 +19,11 @@ COLUMNS = (("image R@1", ("image", "recall@1"), ("image", "chance@1")),
            ("7-Scenes pose rot. (°)", ("real_image", "pose", "rotation_deg_median"), None),
            ("7-Scenes pose transl. (m)", ("real_image", "pose", "translation_m_median"), None))
 FIGURE_TITLES = {"image": "image → scene", "scene": "duplicate scenes", "text": "text → scene"}
+
+
+def metric_key(column: str) -> str:
+    """An MLflow-safe key of a column name: ``pose rot. (°, median)`` -> ``pose_rot_median``."""
+    return re.sub(r"[^a-z0-9@]+", "_", column.lower()).strip("_").replace("@", "_at_")
 
 
 def _get(d: dict, path: tuple[str, ...]):

@@ -28,7 +28,7 @@ from pretrain3d.atomic import write_json, write_text
 from pretrain3d.config import Params, config_hash
 from pretrain3d.errors import DataError
 from pretrain3d.stages.common import job_params, job_tags
-from pretrain3d.stages.query_report import query_section
+from pretrain3d.stages.query_report import metric_key, query_section
 from pretrain3d.tracking.mlflow_runs import job_run
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ def report(cfg: Params, metrics_files: list[str], out_dir: str | Path, reference
         for name, e in summary["groups"].items():
             run.log_metrics({f"summary/{name}/{k}": v for k, v in e.items() if isinstance(v, float)})
         for src, e in summary["queries"].items():
-            run.log_metrics({f"queries/{src}/{k}": v["mean"] for k, v in e.items()
+            run.log_metrics({f"queries/{src}/{metric_key(k)}": v["mean"] for k, v in e.items()
                              if isinstance(v, dict) and isinstance(v.get("mean"), float)})
         for c in summary["comparisons"]:
             run.log_metrics({f"compare/{c['method']}-vs-scratch/{c['protocol']}/{k}": v
