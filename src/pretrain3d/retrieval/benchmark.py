@@ -26,7 +26,7 @@ import numpy as np
 from pretrain3d.retrieval import metrics as rm
 from pretrain3d.retrieval import search as rs
 
-__all__ = ["room_key", "image_benchmark", "duplicate_benchmark", "language_benchmark"]
+__all__ = ["room_key", "pose_summary", "image_benchmark", "duplicate_benchmark", "language_benchmark"]
 
 _RESCAN = re.compile(r"^(?P<room>.+)_r\d+$")          # embedded generator: synth_val_0003_r1
 _SCANNET = re.compile(r"^(?P<room>scene\d{4})_\d{2}$")  # ScanNet: scene0011_01
@@ -42,8 +42,12 @@ def room_key(scene_id: str) -> str:
     return scene_id
 
 
-def _median(x: list[float]) -> float:
-    return float(np.median(x)) if x else float("nan")
+def pose_summary(errors: list[tuple[float, float] | None]) -> dict:
+    """Medians of (rotation deg, translation m) pose errors; None entries are queries with no pose found."""
+    found = [e for e in errors if e is not None]
+    med = (lambda v: float(np.median(v)) if v else None)
+    return {"evaluated": len(found), "failed": len(errors) - len(found),
+            "rotation_deg_median": med([r for r, _ in found]), "translation_m_median": med([t for _, t in found])}
 
 
 def image_benchmark(scene_ids: list[str], xyz: np.ndarray, bank: np.ndarray, queries: Iterable[dict], cells_fn,
@@ -54,7 +58,7 @@ def image_benchmark(scene_ids: list[str], xyz: np.ndarray, bank: np.ndarray, que
     as skipped."""
     rooms = [room_key(s) for s in scene_ids]
     pos = {s: i for i, s in enumerate(scene_ids)}
-    ranks, rot, trans, failed, skipped, shown = [], [], [], 0, 0, []
+    ranks, poses, skipped, shown = [], [], 0, []
     chance = []
     for q in queries:
         own = pos[q["scene"]]
@@ -69,15 +73,8 @@ def image_benchmark(scene_ids: list[str], xyz: np.ndarray, bank: np.ndarray, que
         ranks.append(rank)
         chance.append(len(right) / (len(scene_ids) - 1))
         if shared_frame:
-            b = right[0]
-            i, j, _ = rs.mutual_matches(desc, bank[b])
-            est = rs.estimate_pose(uv[i], xyz[b][j], q["intrinsics"], reproj_px=reproj_px)
-            r, t = rs.pose_errors(est["pose"], q["pose"]) if est is not None else (np.nan, np.nan)
-            if np.isfinite(r) and np.isfinite(t):
-                rot.append(r)
-                trans.append(t)
-            else:
-                failed += 1
+            est = rs.localise(desc, uv, xyz[right[0]], bank[right[0]], q["intrinsics"], reproj_px=reproj_px)
+            poses.append(None if est is None else rs.pose_errors(est["pose"], q["pose"]))
         if len(shown) < examples:
             order = [int(k) for k in np.argsort(-scores, kind="stable")[:3]]
             shown.append({"query": q["scene"], "frame": q.get("frame"), "right": [scene_ids[i] for i in right],
@@ -85,8 +82,7 @@ def image_benchmark(scene_ids: list[str], xyz: np.ndarray, bank: np.ndarray, que
     return {"queries": len(ranks), "skipped": skipped, "recall@1": rm.recall_at(ranks, 1),
             "recall@5": rm.recall_at(ranks, 5), "chance@1": float(np.mean(chance)) if chance else float("nan"),
             "mean_rank": float(np.mean(ranks)) if ranks else float("nan"),
-            "pose": ({"evaluated": len(rot), "failed": failed, "rotation_deg_median": _median(rot),
-                      "translation_m_median": _median(trans)} if shared_frame else
+            "pose": (pose_summary(poses) if shared_frame else
                      {"skipped": "the repository's captures of a room do not share a world frame"}),
             "examples": shown}
 

@@ -22,14 +22,13 @@ class PPKTSource:
     name = "ppkt"
 
     def __init__(self, cfg, backbone, device="cpu"):
-        from pretrain3d.retrieval.sources import file_sha256, teacher_tag
+        from pretrain3d.retrieval.sources import configured_teacher, file_sha256, teacher_tag
         from pretrain3d.teachers.cache import cell_geometry
-        from pretrain3d.teachers.registry import build_teacher
 
         t = cfg.teacher
         self.device, self.grid_size = device, cfg.train.grid_size
         self.model = load_ppkt_model(cfg, backbone, device)
-        self.teacher = build_teacher(t.name, t.layer, (t.input_height, t.input_width), t.weights).to(device).eval()
+        self.teacher = configured_teacher(cfg, device)
         if self.teacher.dim != self.model.upl.in_dim:
             raise DataError(Path(backbone), f"was distilled from a {self.model.upl.in_dim}-wide teacher, but the "
                             f"configured teacher {t.name}:{t.layer} is {self.teacher.dim} wide",

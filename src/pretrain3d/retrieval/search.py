@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_query_image", "map_cells", "normalise", "set_similarity", "best_cosines", "scores_against", "mutual_matches", "estimate_pose", "pose_errors"]
+__all__ = ["check_query_image", "map_cells", "normalise", "set_similarity", "best_cosines", "scores_against", "mutual_matches", "estimate_pose", "localise", "pose_errors"]
 
 
 def check_query_image(image) -> np.ndarray:
@@ -123,6 +123,14 @@ def estimate_pose(uv: np.ndarray, xyz: np.ndarray, K: np.ndarray, *, reproj_px: 
     w2c = np.eye(4)
     w2c[:3, :3], w2c[:3, 3] = R, tvec.reshape(3)
     return {"pose": np.linalg.inv(w2c), "inliers": inl.astype(np.int64), "matches": int(len(uv))}
+
+
+def localise(desc: np.ndarray, uv: np.ndarray, scene_xyz: np.ndarray, scene_desc: np.ndarray, K: np.ndarray,
+             **pnp) -> dict | None:
+    """Camera pose of an image (its cells ``desc`` (n, D) at pixels ``uv`` (n, 2)) in a scene (its keypoints
+    ``scene_xyz`` (K, 3), ``scene_desc`` (K, D)): mutual nearest neighbours, then ``estimate_pose``."""
+    i, j, _ = mutual_matches(desc, np.asarray(scene_desc, np.float32))
+    return estimate_pose(uv[i], np.asarray(scene_xyz)[j], K, **pnp)
 
 
 def pose_errors(pose_est: np.ndarray, pose_true: np.ndarray) -> tuple[float, float]:

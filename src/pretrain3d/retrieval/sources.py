@@ -17,12 +17,20 @@ import torch
 from pretrain3d.errors import ConfigError
 from pretrain3d.teachers.base import sha256_file as file_sha256
 
-__all__ = ["TeacherSource", "build_source", "file_sha256", "teacher_tag"]
+__all__ = ["TeacherSource", "build_source", "configured_teacher", "file_sha256", "teacher_tag"]
 
 
 def teacher_tag(teacher) -> str:
     meta = teacher.metadata()
     return f"{meta['name']}:{meta['layer']}:{meta['weights_sha256'][:16]}"
+
+
+def configured_teacher(cfg, device="cpu"):
+    """The frozen teacher of ``cfg.teacher`` in eval mode on ``device``."""
+    from pretrain3d.teachers.registry import build_teacher
+
+    t = cfg.teacher
+    return build_teacher(t.name, t.layer, (t.input_height, t.input_width), t.weights).to(device).eval()
 
 
 class TeacherSource:
@@ -33,11 +41,9 @@ class TeacherSource:
 
     def __init__(self, cfg, backbone=None, device="cpu"):
         from pretrain3d.teachers.cache import cell_geometry
-        from pretrain3d.teachers.registry import build_teacher
 
-        t = cfg.teacher
         self.device = device
-        self.teacher = build_teacher(t.name, t.layer, (t.input_height, t.input_width), t.weights).to(device).eval()
+        self.teacher = configured_teacher(cfg, device)
         self.geometry = cell_geometry(self.teacher.metadata(), "teacher")
         self.fingerprint = {"source": self.name, "teacher": teacher_tag(self.teacher)}
 

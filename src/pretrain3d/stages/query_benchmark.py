@@ -32,13 +32,19 @@ REPOSITORY_SPLITS = ("val", "rescan")
 FIGURES = ("image", "scene", "text")
 
 
+def repository_splits(cfg: Params) -> list[str]:
+    """The val split and, where the dataset has one, its rescan split: those with processed scenes."""
+    from pretrain3d.data.scene import list_scenes
+
+    return [split for split in REPOSITORY_SPLITS if list_scenes(cfg.data.processed_root, split)]
+
+
 def repository_scenes(cfg: Params) -> list:
-    """The val split and, where the dataset has one, its rescan split: the scenes every query ranks."""
-    from pretrain3d.data.scene import list_scenes, load_split_scenes
+    """The scenes every query ranks (``repository_splits``)."""
+    from pretrain3d.data.scene import load_split_scenes
 
     root = Path(cfg.data.processed_root)
-    scenes = [s for split in REPOSITORY_SPLITS if list_scenes(root, split)
-              for s in load_split_scenes(root, split, cfg.data.num_classes)]
+    scenes = [s for split in repository_splits(cfg) for s in load_split_scenes(root, split, cfg.data.num_classes)]
     if not scenes:
         raise DataError(root / "val", "no processed val scenes: the scene repository is empty",
                         "run the preprocess step first")
@@ -105,15 +111,14 @@ def score_queries(cfg: Params, source_name: str, seed: int, out_dir: str | Path,
                                  _relevance([by_id[s] for s in idx.scene_ids], cfg.data.num_classes,
                                             q.min_class_points), names, sentences)
     t = time.perf_counter()
-    real = real_image_queries(cfg, source, idx.scene_ids, xyz, bank, q.keypoints, q.rule, q.pnp_reprojection_px)
+    real = real_image_queries(cfg, source, idx.scene_ids, bank, q.keypoints, q.rule, q.pnp_reprojection_px)
     seconds["real"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
 
     result = {"source": source_name, "seed": seed, "backbone": None if backbone is None else str(backbone),
               "uses_gt_labels": True, "gt_labels_in": "language_head", "fingerprint": summary["fingerprint"],
               "repository": {"scenes": len(idx), "rooms": len({rb.room_key(s) for s in idx.scene_ids}),
-                             "splits": [sp for sp in REPOSITORY_SPLITS if any(
-                                 s.scene_id in by_id for s in scenes)]},
+                             "splits": repository_splits(cfg)},
               "image": image, "duplicates": dup, "language": lang, "real_image": real, "seconds": seconds}
 
     title = f"{source_name} seed {seed}"

@@ -83,7 +83,7 @@ def query_section(files: list[str | Path], out_dir: Path) -> tuple[str, list[Pat
             if c["mean"] is None:
                 cells.append("—")
                 continue
-            digits = 2 if "pose" in name or "°" in name or "(m)" in name else 3
+            digits = 2 if "pose" in name else 3
             text = f"{c['mean']:.{digits}f} ± {c['std']:.{digits}f} ({c['n']})"
             if chance and c.get("chance") is not None:
                 text += f" [{c['chance']:.3f}]"

@@ -142,8 +142,7 @@ def query_image(source, index_dir: str | Path, image: np.ndarray, top: int = 5,
     out = {"top": [(idx.scene_ids[i], float(scores[i])) for i in order]}
     if intrinsics is not None:
         b = int(order[0])
-        i, j, _ = rs.mutual_matches(desc, idx.desc[b].astype(np.float32))
-        pose = rs.estimate_pose(uv[i], idx.xyz[b][j], intrinsics)
+        pose = rs.localise(desc, uv, idx.xyz[b], idx.desc[b], intrinsics)
         out["pose"] = None if pose is None else pose["pose"].tolist()
     return out
 
