@@ -11,7 +11,9 @@ Layout (full size: stem 32, channels (32,64,128,256 | 256,128,96,96), layers (2,
 * head: SubMConv3d 1x1 (channels[-1] -> num_classes, bias), or Identity when num_classes == 0,
   so the model returns ``out_channels`` (= channels[-1]) features per point.
 
-BatchNorm1d(eps=1e-3, momentum=0.01); SubMConv3d and Linear weights get trunc_normal(std 0.02),
+BatchNorm1d(eps=1e-3, momentum=0.01), or with ``norm=PDNormSpec(...)`` the SpUNet-v1m3 topology: every
+BatchNorm replaced by PDNorm (models.pdnorm), the batch's dataset in ``data["condition"]``, the dataset
+prompts in ``prompt`` (adaptive only). SubMConv3d and Linear weights get trunc_normal(std 0.02),
 the strided down/up convolutions keep spconv's default init.
 
 Input is the backbone contract dict: ``grid_coord`` (N,3) int voxel indices >= 0 per sample,
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from pretrain3d.models.batching import offset2batch
+from pretrain3d.models.pdnorm import Condition, PDBatchNorm, PDNormSpec, condition_of
 from pretrain3d.models.spconv_compat import ensure_spconv_cpu_backward
 
 __all__ = ["SpUNet", "FULL_CHANNELS", "FULL_LAYERS", "SMALL_CONFIG", "build_sparse_tensor"]
@@ -46,22 +49,34 @@ def _spconv():
     return spconv
 
 
-def _bn(channels: int, eps: float, momentum: float) -> nn.BatchNorm1d:
-    return nn.BatchNorm1d(channels, eps=eps, momentum=momentum)
+class _NormFactory:
+    """BatchNorm1d (SpUNet-v1m1), or PDNorm under a spec (SpUNet-v1m3: every BN replaced)."""
+
+    def __init__(self, eps: float, momentum: float, spec: PDNormSpec | None):
+        self.eps, self.momentum, self.spec = eps, momentum, spec
+
+    def __call__(self, channels: int) -> nn.Module:
+        if self.spec is None:
+            return nn.BatchNorm1d(channels, eps=self.eps, momentum=self.momentum)
+        return PDBatchNorm(channels, self.spec, self.eps, self.momentum)
+
+
+def _norm(norm: nn.Module, feat: torch.Tensor, cond: Condition | None) -> torch.Tensor:
+    return norm(feat, cond) if isinstance(norm, PDBatchNorm) else norm(feat)
 
 
 class _ConvBNReLU(nn.Module):
     """A sparse convolution, then BatchNorm and ReLU on its features."""
 
-    def __init__(self, conv: nn.Module, channels: int, eps: float, momentum: float):
+    def __init__(self, conv: nn.Module, channels: int, norm_fn: _NormFactory):
         super().__init__()
         self.conv = conv
-        self.bn = _bn(channels, eps, momentum)
+        self.bn = norm_fn(channels)
         self.relu = nn.ReLU(inplace=True)
 
-    def forward(self, x):
+    def forward(self, x, cond: Condition | None = None):
         x = self.conv(x)
-        return x.replace_feature(self.relu(self.bn(x.features)))
+        return x.replace_feature(self.relu(_norm(self.bn, x.features, cond)))
 
 
 class BasicBlock(nn.Module):
@@ -70,7 +85,7 @@ class BasicBlock(nn.Module):
     The residual is the identity, or a 1x1 SubM conv + BN when the channel count changes.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, indice_key: str, eps: float, momentum: float):
+    def __init__(self, in_channels: int, out_channels: int, indice_key: str, norm_fn: _NormFactory):
         super().__init__()
         spconv = _spconv()
         if in_channels == out_channels:
@@ -78,24 +93,24 @@ class BasicBlock(nn.Module):
             self.proj_bn = None
         else:
             self.proj_conv = spconv.SubMConv3d(in_channels, out_channels, kernel_size=1, bias=False)
-            self.proj_bn = _bn(out_channels, eps, momentum)
+            self.proj_bn = norm_fn(out_channels)
         self.conv1 = spconv.SubMConv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=False,
                                        indice_key=indice_key)
-        self.bn1 = _bn(out_channels, eps, momentum)
+        self.bn1 = norm_fn(out_channels)
         self.conv2 = spconv.SubMConv3d(out_channels, out_channels, kernel_size=3, padding=1, bias=False,
                                        indice_key=indice_key)
-        self.bn2 = _bn(out_channels, eps, momentum)
+        self.bn2 = norm_fn(out_channels)
         self.relu = nn.ReLU(inplace=True)
 
-    def forward(self, x):
+    def forward(self, x, cond: Condition | None = None):
         if self.proj_conv is None:
             identity = x.features
         else:
-            identity = self.proj_bn(self.proj_conv(x).features)
+            identity = _norm(self.proj_bn, self.proj_conv(x).features, cond)
         out = self.conv1(x)
-        out = out.replace_feature(self.relu(self.bn1(out.features)))
+        out = out.replace_feature(self.relu(_norm(self.bn1, out.features, cond)))
         out = self.conv2(out)
-        return out.replace_feature(self.relu(self.bn2(out.features) + identity))
+        return out.replace_feature(self.relu(_norm(self.bn2, out.features, cond) + identity))
 
 
 class _Stage(nn.Module):
@@ -103,9 +118,9 @@ class _Stage(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x):
+    def forward(self, x, cond: Condition | None = None):
         for block in self.blocks:
-            x = block(x)
+            x = block(x, cond)
         return x
 
 
@@ -145,6 +160,7 @@ class SpUNet(nn.Module):
         layers: Sequence[int] = FULL_LAYERS,
         bn_eps: float = 1e-3,
         bn_momentum: float = 0.01,
+        norm: PDNormSpec | None = None,
     ):
         super().__init__()
         channels, layers = tuple(int(c) for c in channels), tuple(int(n) for n in layers)
@@ -160,12 +176,16 @@ class SpUNet(nn.Module):
         self.channels, self.layers = channels, layers
         self.out_channels = channels[-1]
         self.num_stages = n = len(layers) // 2
-        eps, mom = bn_eps, bn_momentum
+        self.norm_spec = norm
+        norm_fn = _NormFactory(bn_eps, bn_momentum, norm)
+        # PDNorm's dataset prompts (adaptive): owned here so that the backbone file is self-contained
+        self.prompt = nn.Embedding(len(norm.conditions), norm.context_channels) \
+            if norm is not None and norm.adaptive else None
 
         self.stem = _ConvBNReLU(
             spconv.SubMConv3d(in_channels, stem_channels, kernel_size=5, padding=1, bias=False,
                               indice_key="stem"),
-            stem_channels, eps, mom)
+            stem_channels, norm_fn)
 
         self.down = nn.ModuleList()
         self.enc = nn.ModuleList()
@@ -177,18 +197,18 @@ class SpUNet(nn.Module):
             self.down.append(_ConvBNReLU(
                 spconv.SparseConv3d(enc_ch, channels[s], kernel_size=2, stride=2, bias=False,
                                     indice_key=f"spconv{s + 1}"),
-                channels[s], eps, mom))
+                channels[s], norm_fn))
             self.enc.append(_Stage([
-                BasicBlock(channels[s], channels[s], f"subm{s + 1}", eps, mom) for _ in range(layers[s])
+                BasicBlock(channels[s], channels[s], f"subm{s + 1}", norm_fn) for _ in range(layers[s])
             ]))
             # decoder stage s maps stride 2^(s+1) -> 2^s; its input comes from the stage below
             below = channels[2 * n - s - 2]
             self.up.append(_ConvBNReLU(
                 spconv.SparseInverseConv3d(below, dec_ch, kernel_size=2, bias=False,
                                            indice_key=f"spconv{s + 1}"),
-                dec_ch, eps, mom))
+                dec_ch, norm_fn))
             self.dec.append(_Stage([
-                BasicBlock(dec_ch + enc_ch if i == 0 else dec_ch, dec_ch, f"subm{s}", eps, mom)
+                BasicBlock(dec_ch + enc_ch if i == 0 else dec_ch, dec_ch, f"subm{s}", norm_fn)
                 for i in range(layers[2 * n - s - 1])
             ]))
             enc_ch = channels[s]
@@ -206,27 +226,29 @@ class SpUNet(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm1d):
+            elif isinstance(m, nn.BatchNorm1d) and m.affine:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
     def forward(self, data: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        cond = condition_of(data, self.norm_spec, self.prompt) if self.norm_spec is not None else None
         x = build_sparse_tensor(data["grid_coord"], data["feat"], data["offset"])
-        x = self.stem(x)
+        x = self.stem(x, cond)
         skips = [x]
         for s in range(self.num_stages):
-            x = self.enc[s](self.down[s](x))
+            x = self.enc[s](self.down[s](x, cond), cond)
             skips.append(x)
         x = skips.pop()
         for s in reversed(range(self.num_stages)):
-            x = self.up[s](x)
+            x = self.up[s](x, cond)
             skip = skips.pop()
             x = x.replace_feature(torch.cat((x.features, skip.features), dim=1))
-            x = self.dec[s](x)
+            x = self.dec[s](x, cond)
         if self.num_classes > 0:
             x = self.head(x)
         return x.features
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, num_classes={self.num_classes}, "
-                f"stem_channels={self.stem_channels}, channels={self.channels}, layers={self.layers}")
+                f"stem_channels={self.stem_channels}, channels={self.channels}, layers={self.layers}"
+                + (f", pdnorm={self.norm_spec.as_dict()}" if self.norm_spec is not None else ""))
