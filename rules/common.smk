@@ -66,6 +66,23 @@ def step_inputs(name):
     return inputs
 
 
+def job_outputs(name, **w):
+    """Outputs of one job of a step whose outputs are config paths, not patterns (one rule per job)."""
+    step = W.STEPS[name]
+    outs = step.outputs(PARAMS, w)
+    return {k: directory(v) if k in step.directory_outputs else v for k, v in outs.items()}
+
+
+def job_inputs(name, **w):
+    step = W.STEPS[name]
+    code = [os.path.relpath(os.path.join(WORKFLOW_ROOT, f)) for f in step.code(w)]
+    return {**step.inputs(PARAMS, w), "code": code}
+
+
+def job_params(name, **w):
+    return W.STEPS[name].field_values(PARAMS, w)
+
+
 def step_params(name):
     """The config fields the step reads, {dotted key: value}: Snakemake's params trigger."""
     step = W.STEPS[name]

@@ -40,6 +40,31 @@ rule preprocess:
         "pretrain3d preprocess --config $PRETRAIN3D_CONFIG > {log} 2>&1"
 
 
+# The other datasets of a multi-dataset run (multi_dataset.datasets), generated when embedded: one
+# rule per dataset, since each has its own configured processed_root.
+for _dataset in W.extra_datasets(PARAMS):
+
+    rule:
+        name:
+            f"dataset_data_{_dataset}"
+        input:
+            **job_inputs("dataset_data", dataset=_dataset),
+        output:
+            **job_outputs("dataset_data", dataset=_dataset),
+        params:
+            fields=job_params("dataset_data", dataset=_dataset),
+            dataset=_dataset,
+        log:
+            f"logs/dataset_data-{_dataset}.log",
+        benchmark:
+            f"benchmarks/dataset_data-{_dataset}.tsv"
+        threads: PARAMS.data.workers
+        conda:
+            "../envs/cpu.yaml"
+        shell:
+            "pretrain3d dataset-data {params.dataset} --config $PRETRAIN3D_CONFIG > {log} 2>&1"
+
+
 rule preprocess_sevenscenes:
     # Optional target (real RGB-D, no labels): snakemake --cores all data/processed/sevenscenes
     input:

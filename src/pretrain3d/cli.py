@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate the embedded procedural-room dataset (raw layout)")
     _add_config(p)
 
+    p = sub.add_parser("dataset-data", help="generate (when embedded) and preprocess one of multi_dataset.datasets")
+    _add_config(p)
+    p.add_argument("name", help="its prompt name (a key of multi_dataset.datasets)")
+
     p = sub.add_parser("preprocess", help="raw scenes → processed-scene folders")
     _add_config(p)
     p.add_argument("dataset", nargs="?", choices=["config", "sevenscenes", "scannet", "scannet_npy", "s3dis"],
@@ -229,6 +233,10 @@ def _dispatch(args, load) -> int:
         from pretrain3d.stages.data import generate
 
         generate(cfg)
+    elif args.cmd == "dataset-data":
+        from pretrain3d.stages.data import dataset_data
+
+        dataset_data(cfg, args.name)
     elif args.cmd == "preprocess":
         from pretrain3d.stages import data
 

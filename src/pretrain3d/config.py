@@ -448,6 +448,29 @@ class CondenseConfig(RenderingConfig):
     real_check_steps: int = Field(40, ge=1, description="Steps of the real-data check (7-Scenes fixture).")
 
 
+class PPTConfig(_Strict):
+    """Point Prompt Training as pre-training (methods/ppt.py): supervised on the `multi_dataset` datasets."""
+
+    datasets: list[str] = Field(["S3DIS", "Structured3D"], min_length=1, description="Prompt names of the "
+                                "datasets it trains on (multi_dataset.target and/or multi_dataset.datasets). The "
+                                "default leaves the target out, so its labels reach the backbone only through the "
+                                "fine-tuning protocol (la/probe stay fair comparisons).")
+    head: Literal["language", "decoupled", "joint"] = Field("language", description="language: cosine with class-name "
+                                                            "text embeddings (PPT-v1m1); decoupled: a linear head per "
+                                                            "dataset (PPT-v1m2); joint: one linear head over the union.")
+    pdnorm: bool = Field(True, description="PDNorm in the backbone (SpUNet-v1m3); false: shared BatchNorm.")
+    decouple: bool = Field(True, description="PDNorm: BatchNorm statistics and affine per dataset.")
+    adaptive: bool = Field(True, description="PDNorm: learned dataset prompt -> per-layer scale and shift.")
+    affine: bool = True
+    context_channels: int = Field(32, ge=1, description="Prompt width (paper: 256).")
+    text_encoder: str = Field("minilm_l6_v2", description="Class-name encoder (clip_vit_b16 is PPT's).")
+    text_encoder_weights: str | None = None
+    text_template: str = Field("{}", description="PPT: the bare class name ('[x]').")
+    temperature: float = Field(0.01, gt=0, description="Cosine-logit temperature (PPT: CLIP's 1/100, frozen).")
+    export_condition: str | None = Field(None, description="The dataset whose PDNorm the saved backbone is folded "
+                                         "to; null: multi_dataset.target if trained on, else the first dataset.")
+
+
 class PretrainConfig(OptimConfig):
     epochs: int = Field(8, ge=1, description="Pre-training epochs; 8 keeps the README run (scratch, PPKT and PonderV2 "
                         "x 3 seeds, plus one PonderV2+semantic run) under 15 minutes on 2 CPU cores.")
@@ -455,6 +478,7 @@ class PretrainConfig(OptimConfig):
     ppkt: PPKTConfig = PPKTConfig()
     ponderv2: PonderV2Config = PonderV2Config()
     condense: CondenseConfig = CondenseConfig()
+    ppt: PPTConfig = PPTConfig()
 
 
 class TTAConfig(_Strict):
@@ -521,6 +545,34 @@ class QueriesConfig(_Strict):
         return v
 
 
+class MultiDatasetConfig(_Strict):
+    """Datasets beside `data` for multi-dataset training (PPT). Each is a full `data` section under its
+    prompt name (PDNorm condition), with its own raw and processed roots."""
+
+    target: str = Field("ScanNet", description="The prompt name of `data` (the main benchmark's dataset).")
+    datasets: dict[str, DataConfig] = Field({}, description="Other datasets by prompt name.")
+    loops: dict[str, int] = Field({}, description="Passes over each dataset per epoch (its sampling ratio; default 1).")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "MultiDatasetConfig":
+        if self.target in self.datasets:
+            raise ValueError(f"multi_dataset.datasets must not repeat the target {self.target!r} (it is `data`)")
+        roots = [(n, d.processed_root) for n, d in self.datasets.items()] + [(n, d.raw_root) for n, d in
+                                                                              self.datasets.items()]
+        seen: dict[str, str] = {}
+        for name, root in roots:
+            if root in seen and seen[root] != name:
+                raise ValueError(f"multi_dataset.datasets {seen[root]!r} and {name!r} share the folder {root!r}")
+            seen[root] = name
+        bad = {k: v for k, v in self.loops.items() if v < 1}
+        if bad:
+            raise ValueError(f"multi_dataset.loops must be >= 1, got {bad}")
+        return self
+
+    def names(self) -> list[str]:
+        return [self.target, *self.datasets]
+
+
 class Params(_Strict):
     experiment: ExperimentConfig = ExperimentConfig()
     data: DataConfig = DataConfig()
@@ -531,6 +583,7 @@ class Params(_Strict):
     pretrain: PretrainConfig = PretrainConfig()
     eval: EvalConfig = EvalConfig()
     queries: QueriesConfig = QueriesConfig()
+    multi_dataset: MultiDatasetConfig = MultiDatasetConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("experiment")
@@ -548,6 +601,26 @@ class Params(_Strict):
     def _check(self) -> "Params":
         if self.model.in_channels != 6:
             raise ValueError("model.in_channels must be 6 (colour + normal) for the current data pipeline")
+        md = self.multi_dataset
+        for name, d in md.datasets.items():
+            if d.processed_root == self.data.processed_root or d.raw_root == self.data.raw_root:
+                raise ValueError(f"multi_dataset.datasets.{name} must have its own raw_root and processed_root "
+                                 f"(it shares one with data)")
+        unknown = sorted(set(md.loops) - set(md.names()))
+        if unknown:
+            raise ValueError(f"multi_dataset.loops names unknown datasets {unknown} (known: {md.names()})")
+        ppt = self.pretrain.ppt
+        from pretrain3d.methods.registry import REGISTRY
+
+        if not any("datasets" in REGISTRY[m].needs for m in self.experiment.methods + self.experiment.pretrain_only):
+            return self  # the multi-dataset settings are only checked when a run reads them
+        unknown = [d for d in ppt.datasets if d not in md.names()]
+        if unknown:
+            raise ValueError(f"pretrain.ppt.datasets {unknown} are not multi_dataset.target or multi_dataset.datasets "
+                             f"({md.names()})")
+        if ppt.export_condition is not None and ppt.export_condition not in ppt.datasets:
+            raise ValueError(f"pretrain.ppt.export_condition {ppt.export_condition!r} is not one of "
+                             f"pretrain.ppt.datasets {ppt.datasets}")
         return self
 
 

@@ -47,6 +47,10 @@ class MethodSetup:
     checkpoint: dict[str, Any] = field(default_factory=dict)   # static extras saved in backbone.pt
     save_extras: Callable[[torch.nn.Module], dict] | None = None  # trained parts saved beside the backbone
     summary: dict[str, Any] = field(default_factory=dict)      # extra entries of pretrain_log.json
+    # several datasets (PPT): (seed, epoch, start batch) -> batches of dataset keys; steps per epoch
+    batches: Callable[[int, int, int], Any] | None = None
+    steps_per_epoch: int | None = None
+    export_backbone: Callable[[torch.nn.Module], dict] | None = None  # the state handed to fine-tuning
 
 
 def head_state(model: torch.nn.Module, skip: str = "backbone.") -> dict:

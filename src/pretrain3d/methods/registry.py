@@ -6,14 +6,15 @@ one config section (``pretrain.<section>`` in config.py / params.yaml) and one l
 
 ``needs``: what the processed dataset must provide -- ``scenes`` (processed point clouds), ``frames``
 (posed RGB-D views), ``features`` (the 2D teacher's cached features: the ``cache_features`` step runs),
-``labels`` (ground-truth labels, so ``uses_gt_labels`` must be true).
+``labels`` (ground-truth labels, so ``uses_gt_labels`` must be true), ``datasets`` (the processed scenes of
+the ``multi_dataset.datasets`` beside ``data``: the ``domain_data`` step makes them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-NEEDS = ("scenes", "frames", "features", "labels")
+NEEDS = ("scenes", "frames", "features", "labels", "datasets")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,10 @@ REGISTRY: dict[str, MethodSpec] = {s.name: s for s in [
                report_visual="pretrain3d.stages.render:report_renders",
                description="PonderV2 plus the semantic rendering loss against class-name text embeddings "
                            "(uses ground-truth labels)"),
+    MethodSpec("ppt", "pretrain3d.methods.ppt", frozenset({"scenes", "labels", "datasets"}),
+               ("pretrain.ppt", "multi_dataset"), uses_gt_labels=True,
+               description="Point Prompt Training: supervised on several datasets with PDNorm and language-guided "
+                           "categorical alignment, folded to one dataset (Wu et al., arXiv 2308.09718)"),
     MethodSpec("condense", "pretrain3d.methods.condense", frozenset({"scenes", "frames"}), ("pretrain.condense", "teacher"),
                exclude=("pretrain.condense.render_chunk", "teacher.batch_size", "teacher.cache_root"),
                check_only=("pretrain.condense.real_check_steps",),

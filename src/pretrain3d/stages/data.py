@@ -61,6 +61,18 @@ def preprocess(cfg: Params, dataset: str | None = None, raw_root: str | None = N
     return out
 
 
+def dataset_data(cfg: Params, name: str) -> Path:
+    """One of ``multi_dataset.datasets`` (several datasets in one run, PPT): generated first when it is
+    embedded, then preprocessed into its own processed_root, exactly like `data` is."""
+    md = cfg.multi_dataset
+    if name not in md.datasets:
+        raise ValueError(f"unknown dataset {name!r}: multi_dataset.datasets has {sorted(md.datasets)}")
+    sub = cfg.model_copy(update={"data": md.datasets[name]})
+    if sub.data.dataset == "synthetic":
+        generate(sub)
+    return preprocess(sub)
+
+
 def _ingest(cfg: Params, dataset: str, raw: Path, out: Path, scenes: list[str] | None, merge: bool) -> dict:
     d = cfg.data
     if dataset in ("synthetic", "scannet_like"):

@@ -87,13 +87,17 @@ def pretrain(cfg: Params, method: str, seed: int, out_dir: str | Path, progress:
     scenes = load_split_scenes(cfg.data.processed_root, "train", cfg.data.num_classes)
     setup = build_method(cfg, method, scenes)
     ds, model = setup.dataset, setup.model.to(device)
-    steps_per_epoch = math.ceil(len(ds) / pc.batch_size)
+    steps_per_epoch = setup.steps_per_epoch or math.ceil(len(ds) / pc.batch_size)
     optimizer = build_optimizer(model.parameters(), pc)
     scheduler = build_scheduler(optimizer, pc, pc.epochs * steps_per_epoch)
 
     def make_loader(epoch: int, start_batch: int):
-        sampler = EpochSampler(len(ds), seed, epoch, shuffle=True, start=start_batch * pc.batch_size)
-        return DataLoader(ds, batch_sampler=BatchSampler(sampler, pc.batch_size, drop_last=False),
+        if setup.batches is not None:  # the method's own batching (several datasets)
+            batch_sampler = setup.batches(seed, epoch, start_batch)
+        else:
+            sampler = EpochSampler(len(ds), seed, epoch, shuffle=True, start=start_batch * pc.batch_size)
+            batch_sampler = BatchSampler(sampler, pc.batch_size, drop_last=False)
+        return DataLoader(ds, batch_sampler=batch_sampler,
                           collate_fn=setup.collate, num_workers=tc.num_workers, pin_memory=device.type == "cuda")
 
     uses_gt = "true" if spec.uses_gt_labels else "false"
@@ -110,7 +114,8 @@ def pretrain(cfg: Params, method: str, seed: int, out_dir: str | Path, progress:
         history = trainer.fit()
         seconds = time.perf_counter() - t0
 
-        backbone = {k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}
+        backbone = setup.export_backbone(model) if setup.export_backbone else \
+            {k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}
         ckpt = {"format": BACKBONE_FORMAT, "kind": "backbone", "backbone": backbone, "method": method, "seed": seed,
                 "fingerprint": fingerprint, "config_hash": config_hash(cfg), "uses_gt_labels": spec.uses_gt_labels,
                 **setup.checkpoint, **(setup.save_extras(model) if setup.save_extras else {})}

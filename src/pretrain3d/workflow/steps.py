@@ -125,7 +125,34 @@ def wildcard_values(cfg: Params, name: str, step: str) -> list[str]:
         return [str(s) for s in e.seeds]
     if name == "source":
         return query_sources(cfg)
+    if name == "dataset":
+        return extra_datasets(cfg)
     raise KeyError(name)
+
+
+def extra_datasets(cfg: Params) -> list[str]:
+    """The multi_dataset.datasets some selected method trains on (registry need ``datasets``)."""
+    wanted: list[str] = []
+    for m in pretrained_methods(cfg):
+        if "datasets" in needs(m):
+            wanted += [d for d in _method_datasets(cfg, m) if d in cfg.multi_dataset.datasets]
+    return list(dict.fromkeys(wanted))
+
+
+def _method_datasets(cfg: Params, method: str) -> list[str]:
+    """Dataset names a multi-dataset method reads: ``pretrain.<section>.datasets`` of its config section."""
+    spec = registry.spec(method)
+    for prefix in spec.fields:
+        node: Any = cfg
+        for part in prefix.split("."):
+            node = getattr(node, part, None)
+        if node is not None and hasattr(node, "datasets") and isinstance(node.datasets, list):
+            return list(node.datasets)
+    return list(cfg.multi_dataset.names())
+
+
+def dataset_root(cfg: Params, name: str) -> str:
+    return cfg.multi_dataset.datasets[name].processed_root
 
 
 def query_sources(cfg: Params) -> list[str]:
@@ -229,6 +256,9 @@ def _pretrain_inputs(cfg: Params, w: Wildcards) -> dict[str, Any]:
         out["data"] = cfg.data.processed_root
     if "features" in what:
         out["features"] = features_dir(cfg)
+    if "datasets" in what:
+        out["datasets"] = [dataset_root(cfg, d) for d in _method_datasets(cfg, w["method"])
+                           if d in cfg.multi_dataset.datasets]
     return out
 
 
@@ -314,6 +344,11 @@ STEPS: dict[str, Step] = {s.name: s for s in [
          fields=_ingest_fields,
          # la/lr files only select fine-tuning labels
          exclude=("data.scannet.la_file", "data.scannet.lr_file"), directory_outputs=("processed",)),
+    Step("dataset_data", "pretrain3d.stages.data", ("dataset",), dvc_group_by=("dataset",),
+         outputs=lambda cfg, w: {"processed": dataset_root(cfg, w["dataset"])},
+         fields=lambda cfg, w: (f"multi_dataset.datasets.{w['dataset']}",),
+         exclude=lambda cfg, w: (f"multi_dataset.datasets.{w['dataset']}.workers",),
+         directory_outputs=("processed",)),
     Step("cache_features", "pretrain3d.stages.features", (),
          inputs=lambda cfg, w: {"data": cfg.data.processed_root},
          outputs=lambda cfg, w: {"features": features_dir(cfg)}, fields=lambda cfg, w: ("teacher",),
@@ -364,6 +399,8 @@ def active_steps(cfg: Params) -> list[tuple[Step, list[Wildcards]]]:
     elif ds == "synthetic":
         out.append((STEPS["generate_synthetic"], [{}]))
     out.append((STEPS["preprocess"], [{}]))
+    if extra_datasets(cfg):
+        out.append((STEPS["dataset_data"], [{"dataset": d} for d in extra_datasets(cfg)]))
     if any("features" in needs(m) for m in pretrained_methods(cfg)):
         out.append((STEPS["cache_features"], [{}]))
     out.append((STEPS["pretrain"], pretrain_jobs(cfg)))
@@ -380,8 +417,13 @@ def active_steps(cfg: Params) -> list[tuple[Step, list[Wildcards]]]:
 
 def check_runnable(cfg: Params, source: str = "the config") -> None:
     """Every scheduled method can be fed by the dataset, and the raw data exists or can be made."""
-    provides = dataset_provides(cfg)
+    provides = dataset_provides(cfg) | {"datasets"}
     for m in pretrained_methods(cfg):
+        unknown = [d for d in _method_datasets(cfg, m) if d not in cfg.multi_dataset.names()] \
+            if "datasets" in needs(m) else []
+        if unknown:
+            raise WorkflowConfigError(f"{source}: method {m!r} trains on {unknown}, which are neither "
+                                      f"multi_dataset.target nor in multi_dataset.datasets ({cfg.multi_dataset.names()})")
         missing = needs(m) - provides
         if missing:
             where = "experiment.methods" if m in cfg.experiment.methods else "experiment.pretrain_only"

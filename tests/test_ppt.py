@@ -1,0 +1,131 @@
+"""PPT: label spaces (and Pointcept #425), multi-dataset batches, heads, and a tiny pre-training run."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pretrain3d.config import validate_config
+from pretrain3d.data.multi_dataset import MultiDatasetBatches, multi_collate
+from pretrain3d.models.ppt_heads import LabelSpaces
+
+from conftest import tiny_overrides
+
+# Pointcept's PPT-v1m1 unified class list (36 names) and its per-dataset union rows, as facts from
+# pointcept/models/point_prompt_training/point_prompt_training_v1m1_language_guided.py.
+UNIFIED = ("wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "bookcase",
+           "picture", "counter", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "ceiling",
+           "refrigerator", "television", "shower curtain", "nightstand", "toilet", "sink", "lamp", "bathtub",
+           "garbagebin", "board", "beam", "column", "clutter", "otherstructure", "otherfurniture", "otherprop")
+S3DIS = ("ceiling", "floor", "wall", "beam", "column", "window", "door", "table", "chair", "sofa", "bookcase",
+         "board", "clutter")
+POINTCEPT_S3DIS_ROWS = (0, 1, 4, 5, 6, 7, 8, 10, 19, 29, 30, 31, 32)  # sorted: the #425 bug
+
+
+def test_label_spaces_map_each_label_to_its_own_name():
+    from pretrain3d.data.labels import SCANNET20_NAMES
+
+    spaces = LabelSpaces.build({"ScanNet": SCANNET20_NAMES, "S3DIS": S3DIS})
+    for d, names in spaces.names.items():
+        assert [spaces.union[r] for r in spaces.valid_index[d]] == list(names)
+    assert len(spaces.union) == 20 + len(set(S3DIS) - set(SCANNET20_NAMES))
+    seg = torch.tensor([0, 2, -1, 12])
+    assert spaces.to_union("S3DIS", seg).tolist() == [spaces.union.index("ceiling"), spaces.union.index("wall"), -1,
+                                                       spaces.union.index("clutter")]
+
+
+def test_pointcepts_sorted_s3dis_index_is_rejected():
+    """The check fails on Pointcept's S3DIS valid_index (issue #425) and passes on the label-order one."""
+    spaces = LabelSpaces({"S3DIS": S3DIS}, UNIFIED, {"S3DIS": tuple(UNIFIED.index(c) for c in S3DIS)})
+    spaces.check()
+    with pytest.raises(ValueError, match="label 0 \\('ceiling'\\) maps to union class 'wall'.*sorted"):
+        spaces.check({"S3DIS": POINTCEPT_S3DIS_ROWS})
+
+
+def test_labels_outside_a_dataset_and_unknown_datasets_fail():
+    spaces = LabelSpaces.build({"A": ("x", "y"), "B": ("y", "z", "w")})
+    with pytest.raises(ValueError, match="labels \\[2\\] outside dataset 'A'"):
+        spaces.check_labels("A", torch.tensor([0, 2, -1]), "scene_7")
+    with pytest.raises(ValueError, match="dataset 'C' is not one of"):
+        spaces.check_labels("C", torch.tensor([0]))
+    with pytest.raises(ValueError, match="repeat"):
+        LabelSpaces.build({"A": ("x", "x")})
+
+
+def test_batches_are_homogeneous_deterministic_resumable_and_follow_the_loops():
+    sizes, loops = {"A": 5, "B": 3, "C": 4}, {"A": 1, "B": 2, "C": 1}
+    a = list(MultiDatasetBatches(sizes, 2, seed=0, epoch=3, loops=loops))
+    assert a == list(MultiDatasetBatches(sizes, 2, seed=0, epoch=3, loops=loops))
+    assert a != list(MultiDatasetBatches(sizes, 2, seed=0, epoch=4, loops=loops))
+    assert all(len({d for d, _, _ in b}) == 1 for b in a)
+    seen = {d: sorted(i for b in a for dd, i, _ in b if dd == d) for d in sizes}
+    assert seen == {"A": list(range(5)), "B": sorted(list(range(3)) * 2), "C": list(range(4))}
+    assert len(a) == MultiDatasetBatches.num_batches(sizes, 2, loops) == 3 + 3 + 2
+    assert list(MultiDatasetBatches(sizes, 2, seed=0, epoch=3, loops=loops, start=5)) == a[5:]
+    with pytest.raises(ValueError, match="not in the run"):
+        MultiDatasetBatches(sizes, 2, 0, 0, loops={"D": 1})
+    with pytest.raises(ValueError, match="mixes datasets"):
+        multi_collate([{"grid_coord": torch.zeros(1, 3), "condition": "A"},
+                       {"grid_coord": torch.zeros(1, 3), "condition": "B"}])
+
+
+def _fake_dataset(root: Path, prefix: str, num_classes: int, n_train: int, seed: int, scale: float):
+    from pretrain3d.data.scene import ProcessedScene, write_processed_scene
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", 1)):
+        for i in range(n):
+            m = 600
+            coord = rng.uniform(0, 2.0 * scale, (m, 3)).astype(np.float32)
+            seg = (coord[:, 2] / (2.0 * scale) * num_classes).astype(np.int64).clip(0, num_classes - 1)
+            normal = np.tile(np.float32([0, 0, 1]), (m, 1))
+            color = rng.integers(0, 255, (m, 3)).astype(np.uint8)
+            write_processed_scene(root / split / f"{prefix}_{split}_{i}",
+                                  ProcessedScene(f"{prefix}_{split}_{i}", coord, color, normal, seg))
+
+
+def _ppt_config(tmp: Path, head="decoupled", datasets=("ScanNet", "S3DIS")):
+    o = tiny_overrides(tmp)
+    o["experiment"]["methods"] = ["scratch", "ppt"]
+    o["data"]["processed_root"] = str(tmp / "scannet")
+    o["multi_dataset"] = {"target": "ScanNet", "loops": {"S3DIS": 2}, "datasets": {
+        "S3DIS": {"dataset": "s3dis", "num_classes": 13, "raw_root": str(tmp / "raw_s3dis"),
+                  "processed_root": str(tmp / "s3dis")}}}
+    o["pretrain"]["ppt"] = {"datasets": list(datasets), "head": head, "context_channels": 8}
+    return validate_config(o)
+
+
+def test_config_checks_the_ppt_datasets(tmp_path):
+    with pytest.raises(Exception, match="pretrain.ppt.datasets \\['Matterport'\\]"):
+        _ppt_config(tmp_path, datasets=("ScanNet", "Matterport"))
+    o = tiny_overrides(tmp_path)
+    o["multi_dataset"] = {"datasets": {"S3DIS": {"dataset": "s3dis", "num_classes": 13,
+                                                 "raw_root": o["data"]["raw_root"], "processed_root": "x"}}}
+    with pytest.raises(Exception, match="its own raw_root"):
+        validate_config(o)
+
+
+@pytest.mark.parametrize("head", ["decoupled", "language", "joint"])
+def test_ppt_pretraining_saves_a_backbone_fine_tuning_can_load(tmp_path, head, one_torch_thread):
+    from pretrain3d.engine.trainer import load_checkpoint
+    from pretrain3d.methods.ppt import ConditionedSegmentor, load_ppt_model
+    from pretrain3d.models.segmentor import build_backbone
+    from pretrain3d.stages.pretrain import pretrain
+
+    _fake_dataset(tmp_path / "scannet", "sc", 20, 2, 0, 1.0)
+    _fake_dataset(tmp_path / "s3dis", "s3", 13, 2, 1, 1.5)
+    cfg = _ppt_config(tmp_path, head)
+    summary = pretrain(cfg, "ppt", 0, tmp_path / "out", progress=False)
+    assert summary["steps"] == 2 * (2 + 4)  # 2 epochs x (ScanNet 2 scenes + S3DIS 2 scenes x 2 loops), batch 1
+    ck = load_checkpoint(tmp_path / "out" / "backbone.pt")
+    assert ck["uses_gt_labels"] is True and ck["ppt"]["export_condition"] == "ScanNet"
+    plain = build_backbone(cfg.model)
+    plain.load_state_dict(ck["backbone"], strict=True)  # what fine-tuning loads
+    model = load_ppt_model(cfg, tmp_path / "out" / "backbone.pt")
+    gc = torch.unique(torch.randint(0, 20, (400, 3)), dim=0)
+    batch = {"grid_coord": gc, "feat": torch.rand(len(gc), 6), "offset": torch.tensor([len(gc)])}
+    plain.eval()
+    with torch.no_grad():
+        assert torch.allclose(plain(batch), model.backbone({**batch, "condition": "ScanNet"}), atol=1e-5)
+        assert ConditionedSegmentor(model, "S3DIS")(batch).shape == (len(gc), 13)
