@@ -19,6 +19,7 @@ include: "rules/pretrain.smk"
 include: "rules/finetune.smk"
 include: "rules/evaluate.smk"
 include: "rules/queries.smk"
+include: "rules/ppt_study.smk"
 include: "rules/references.smk"
 include: "rules/report.smk"
 

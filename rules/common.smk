@@ -41,6 +41,7 @@ wildcard_constraints:
     protocol="|".join(PARAMS.experiment.protocols),
     seed=r"\d+",
     source="|".join(W.query_sources(PARAMS)) or "none",
+    variant="|".join(W.study_variants(PARAMS)) or "none",
 
 
 def step_outputs(name):

@@ -16,4 +16,4 @@ rule report:
         "../envs/cpu.yaml"
     shell:
         "pretrain3d report --config $PRETRAIN3D_CONFIG --metrics {input.metrics} --references {input.references}"
-        " --renders {input.backbones} --real-check {input.real} --queries {input.queries} --out-dir $(dirname {output.summary}) > {log} 2>&1"
+        " --renders {input.backbones} --real-check {input.real} --queries {input.queries} --study {input.ppt_study} --out-dir $(dirname {output.summary}) > {log} 2>&1"

@@ -89,10 +89,10 @@ def _ppt_config(tmp: Path, head="decoupled", datasets=("ScanNet", "S3DIS")):
     o = tiny_overrides(tmp)
     o["experiment"]["methods"] = ["scratch", "ppt"]
     o["data"]["processed_root"] = str(tmp / "scannet")
-    o["multi_dataset"] = {"target": "ScanNet", "loops": {"S3DIS": 2}, "datasets": {
+    o["multi_dataset"] = {"target": "ScanNet", "loops": {"S3DIS": 2}, "context_channels": 8, "datasets": {
         "S3DIS": {"dataset": "s3dis", "num_classes": 13, "raw_root": str(tmp / "raw_s3dis"),
                   "processed_root": str(tmp / "s3dis")}}}
-    o["pretrain"]["ppt"] = {"datasets": list(datasets), "head": head, "context_channels": 8}
+    o["pretrain"]["ppt"] = {"datasets": list(datasets), "head": head}
     return validate_config(o)
 
 

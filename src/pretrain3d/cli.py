@@ -122,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outputs of `real-check` (<dir>/<method>/render.png, render.json) to show")
     p.add_argument("--queries", nargs="*", default=[], metavar="JSON",
                    help="metrics.json files of `query-benchmark` (adds the 'Scene queries' section)")
+    p.add_argument("--study", nargs="*", default=[], metavar="JSON",
+                   help="metrics.json files of `multi-dataset-study` (adds the 'Several datasets' section)")
+
+    p = sub.add_parser("multi-dataset-study", help="one variant of the multi-dataset experiment (single-<dataset> | joint "
+                       "| prompt variants, see ppt_study): train on the multi_dataset datasets, score each one's val split")
+    _add_config(p)
+    p.add_argument("--variant", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("download", help="build data.raw_root from data.download (URLs with sha256, or your script)")
     _add_config(p)
@@ -314,7 +324,11 @@ def _dispatch(args, load) -> int:
         from pretrain3d.stages.report import report
 
         report(cfg, args.metrics, args.out_dir, references=args.references, renders=args.renders,
-               real_check=args.real_check, queries=args.queries)
+               real_check=args.real_check, queries=args.queries, ppt_study=args.study)
+    elif args.cmd == "multi-dataset-study":
+        from pretrain3d.stages.ppt_study import run_variant
+
+        run_variant(cfg, args.variant, args.seed, args.out_dir, progress=not args.no_progress)
     elif args.cmd == "download":
         from pretrain3d.stages.download import download_raw
 

@@ -459,14 +459,6 @@ class PPTConfig(_Strict):
                                                             "text embeddings (PPT-v1m1); decoupled: a linear head per "
                                                             "dataset (PPT-v1m2); joint: one linear head over the union.")
     pdnorm: bool = Field(True, description="PDNorm in the backbone (SpUNet-v1m3); false: shared BatchNorm.")
-    decouple: bool = Field(True, description="PDNorm: BatchNorm statistics and affine per dataset.")
-    adaptive: bool = Field(True, description="PDNorm: learned dataset prompt -> per-layer scale and shift.")
-    affine: bool = True
-    context_channels: int = Field(32, ge=1, description="Prompt width (paper: 256).")
-    text_encoder: str = Field("minilm_l6_v2", description="Class-name encoder (clip_vit_b16 is PPT's).")
-    text_encoder_weights: str | None = None
-    text_template: str = Field("{}", description="PPT: the bare class name ('[x]').")
-    temperature: float = Field(0.01, gt=0, description="Cosine-logit temperature (PPT: CLIP's 1/100, frozen).")
     export_condition: str | None = Field(None, description="The dataset whose PDNorm the saved backbone is folded "
                                          "to; null: multi_dataset.target if trained on, else the first dataset.")
 
@@ -552,6 +544,15 @@ class MultiDatasetConfig(_Strict):
     target: str = Field("ScanNet", description="The prompt name of `data` (the main benchmark's dataset).")
     datasets: dict[str, DataConfig] = Field({}, description="Other datasets by prompt name.")
     loops: dict[str, int] = Field({}, description="Passes over each dataset per epoch (its sampling ratio; default 1).")
+    # how a multi-dataset model is conditioned and classifies (pretrain.ppt and ppt_study read these)
+    decouple: bool = Field(True, description="PDNorm: BatchNorm statistics and affine per dataset.")
+    adaptive: bool = Field(True, description="PDNorm: learned dataset prompt -> per-layer scale and shift.")
+    affine: bool = True
+    context_channels: int = Field(32, ge=1, description="Prompt width (paper: 256).")
+    text_encoder: str = Field("minilm_l6_v2", description="Class-name encoder (clip_vit_b16 is PPT's).")
+    text_encoder_weights: str | None = None
+    text_template: str = Field("{}", description="PPT: the bare class name ('[x]').")
+    temperature: float = Field(0.01, gt=0, description="Cosine-logit temperature (PPT: CLIP's 1/100, frozen).")
 
     @model_validator(mode="after")
     def _distinct(self) -> "MultiDatasetConfig":
@@ -573,6 +574,20 @@ class MultiDatasetConfig(_Strict):
         return [self.target, *self.datasets]
 
 
+class PPTStudyConfig(_Strict):
+    """The PPT paper's experiment on the `multi_dataset` datasets (stages/ppt_study.py): per dataset,
+    single-dataset training vs naive joint training vs PPT vs PPT with decoupled heads."""
+
+    enabled: bool = Field(True, description="Runs when multi_dataset.datasets is not empty.")
+    variants: list[Literal["single", "joint", "ppt", "ppt_decoupled"]] = Field(
+        ["single", "joint", "ppt", "ppt_decoupled"], min_length=1,
+        description="single: one model per dataset (BN, linear head); joint: one model on all datasets, shared BN, "
+        "one linear head over the union of class names; ppt: PDNorm + language-guided head (pretrain.ppt's PDNorm "
+        "and text settings); ppt_decoupled: PDNorm + a linear head per dataset.")
+    epochs: int = Field(6, ge=1, description="Passes over each variant's training data (train.* optimiser, batch "
+                        "size, augmentation); the joint variants see every dataset per epoch, as in PPT.")
+
+
 class Params(_Strict):
     experiment: ExperimentConfig = ExperimentConfig()
     data: DataConfig = DataConfig()
@@ -584,6 +599,7 @@ class Params(_Strict):
     eval: EvalConfig = EvalConfig()
     queries: QueriesConfig = QueriesConfig()
     multi_dataset: MultiDatasetConfig = MultiDatasetConfig()
+    ppt_study: PPTStudyConfig = PPTStudyConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("experiment")

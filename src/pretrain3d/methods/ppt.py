@@ -117,13 +117,13 @@ def text_embeddings(pc, spaces: LabelSpaces) -> torch.Tensor:
     return torch.as_tensor(emb, dtype=torch.float32)
 
 
-def build_ppt_model(cfg, names: Sequence[str], head: str, pdnorm: bool, pc=None) -> PPTModel:
-    """The multi-dataset model over datasets ``names``: PDNorm (from ``pc``, pretrain.ppt) or shared BN."""
+def build_ppt_model(cfg, names: Sequence[str], head: str, pdnorm: bool) -> PPTModel:
+    """The multi-dataset model over datasets ``names``: PDNorm (settings in ``multi_dataset``) or shared BN."""
     from pretrain3d.models.pdnorm import PDNormSpec
     from pretrain3d.models.ppt_heads import init_linear
     from pretrain3d.models.spunet import SpUNet
 
-    pc = pc or cfg.pretrain.ppt
+    pc = cfg.multi_dataset
     m = cfg.model
     spec = PDNormSpec(tuple(names), decouple=pc.decouple, adaptive=pc.adaptive, affine=pc.affine,
                       context_channels=pc.context_channels) if pdnorm else None

@@ -29,6 +29,7 @@ from pretrain3d.config import Params, config_hash
 from pretrain3d.errors import DataError
 from pretrain3d.stages.common import job_params, job_tags
 from pretrain3d.stages.query_report import metric_key, query_section
+from pretrain3d.stages.ppt_report import study_section
 from pretrain3d.tracking.mlflow_runs import job_run
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,7 @@ def method_figures(cfg: Params, backbones: list[str], real_check: list[str], out
 
 def report(cfg: Params, metrics_files: list[str], out_dir: str | Path, references: str | Path | None = None,
            renders: list[str] | None = None, real_check: list[str] | None = None,
-           queries: list[str] | None = None) -> dict:
+           queries: list[str] | None = None, ppt_study: list[str] | None = None) -> dict:
     out_dir = Path(out_dir)
     summary = summarize(metrics_files)
     summary["config_hash"] = config_hash(cfg)
@@ -247,6 +248,9 @@ def report(cfg: Params, metrics_files: list[str], out_dir: str | Path, reference
     if query_text:
         text += "\n" + query_text
         pngs += query_pngs
+    study_text, summary["ppt_study"] = study_section(list(ppt_study or []))
+    if study_text:
+        text += "\n" + study_text
     if references is not None:
         text += "\n" + paper_references_section(load_reference_table(references), summary, cfg)
     write_json(out_dir / "summary.json", summary)
@@ -257,6 +261,9 @@ def report(cfg: Params, metrics_files: list[str], out_dir: str | Path, reference
         for src, e in summary["queries"].items():
             run.log_metrics({f"queries/{src}/{metric_key(k)}": v["mean"] for k, v in e.items()
                              if isinstance(v, dict) and isinstance(v.get("mean"), float)})
+        for dataset, e in summary["ppt_study"].items():
+            run.log_metrics({f"ppt_study/{dataset}/{k}/mIoU_mean": v["mean"] for k, v in e.items() if k != "delta"})
+            run.log_metrics({f"ppt_study/{dataset}/{k}/delta_vs_single": v["mean"] for k, v in e["delta"].items()})
         for c in summary["comparisons"]:
             run.log_metrics({f"compare/{c['method']}-vs-scratch/{c['protocol']}/{k}": v
                              for k, v in c.items() if isinstance(v, float)})

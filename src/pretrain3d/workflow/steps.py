@@ -127,12 +127,37 @@ def wildcard_values(cfg: Params, name: str, step: str) -> list[str]:
         return query_sources(cfg)
     if name == "dataset":
         return extra_datasets(cfg)
+    if name == "variant":
+        return study_variants(cfg)
     raise KeyError(name)
+
+
+def study_variants(cfg: Params) -> list[str]:
+    """Jobs of the ppt_study step: ``single-<dataset>`` per dataset, then the joint variants (config order);
+    none without multi_dataset.datasets."""
+    if not cfg.ppt_study.enabled or not cfg.multi_dataset.datasets:
+        return []
+    out: list[str] = []
+    for v in cfg.ppt_study.variants:
+        out += [f"single-{d}" for d in cfg.multi_dataset.names()] if v == "single" else [v]
+    return out
+
+
+def study_dir(cfg: Params, w: Wildcards) -> str:
+    return f"{results_dir(cfg)}/ppt_study/{w['variant']}/seed{w['seed']}"
+
+
+def study_jobs(cfg: Params) -> list[Wildcards]:
+    return [{"variant": v, "seed": str(s)} for v in study_variants(cfg) for s in cfg.experiment.seeds]
+
+
+def _study_inputs(cfg: Params, w: Wildcards) -> dict[str, Any]:
+    return {"data": cfg.data.processed_root, "datasets": [dataset_root(cfg, d) for d in cfg.multi_dataset.datasets]}
 
 
 def extra_datasets(cfg: Params) -> list[str]:
     """The multi_dataset.datasets some selected method trains on (registry need ``datasets``)."""
-    wanted: list[str] = []
+    wanted: list[str] = list(cfg.multi_dataset.datasets) if study_variants(cfg) else []
     for m in pretrained_methods(cfg):
         if "datasets" in needs(m):
             wanted += [d for d in _method_datasets(cfg, m) if d in cfg.multi_dataset.datasets]
@@ -326,8 +351,9 @@ def _report_inputs(cfg: Params, w: Wildcards) -> dict[str, Any]:
     only = [b for b in (backbone(cfg, m, str(e.seeds[0])) for m in e.pretrain_only) if b not in renders]
     real = [f for m in real_check_methods(cfg) for f in real_check_outputs(cfg, m).values()]
     queries = [f"{query_dir(cfg, w)}/metrics.json" for w in query_jobs(cfg)]
+    study = [f"{study_dir(cfg, w)}/metrics.json" for w in study_jobs(cfg)]
     return {"metrics": metrics, "references": "results/references.json", "backbones": renders,
-            "pretrain_only": only, "real": real, "queries": queries}
+            "pretrain_only": only, "real": real, "queries": queries, "ppt_study": study}
 
 
 STEPS: dict[str, Step] = {s.name: s for s in [
@@ -377,6 +403,10 @@ STEPS: dict[str, Step] = {s.name: s for s in [
          outputs=lambda cfg, w: {"metrics": f"{query_dir(cfg, w)}/metrics.json", "index": f"{query_dir(cfg, w)}/index",
                                  "figures": f"{query_dir(cfg, w)}/figures"},
          fields=_query_fields, exclude=_query_exclude, directory_outputs=("index", "figures")),
+    Step("ppt_study", "pretrain3d.stages.ppt_study", ("variant", "seed"), dvc_group_by=("variant",),
+         inputs=_study_inputs, outputs=lambda cfg, w: {"metrics": f"{study_dir(cfg, w)}/metrics.json"},
+         fields=lambda cfg, w: ("model", "train", "ppt_study", "multi_dataset", "data.num_classes", "data.dataset"),
+         exclude=("train.threads", "train.num_workers", "train.val_every")),
     Step("log_references", "pretrain3d.stages.references", (),
          outputs=lambda cfg, w: {"references": "results/references.json"},
          fields=lambda cfg, w: ("tracking.uri", "tracking.experiment", "tracking.enabled"),
@@ -410,6 +440,8 @@ def active_steps(cfg: Params) -> list[tuple[Step, list[Wildcards]]]:
     out.append((STEPS["evaluate"], STEPS["evaluate"].jobs(cfg)))
     if query_jobs(cfg):
         out.append((STEPS["scene_queries"], query_jobs(cfg)))
+    if study_jobs(cfg):
+        out.append((STEPS["ppt_study"], study_jobs(cfg)))
     out.append((STEPS["log_references"], [{}]))
     out.append((STEPS["report"], [{}]))
     return out
