@@ -58,6 +58,11 @@ class ExperimentConfig(_Strict):
 
 
 # ----------------------------------------------------------------------------- data
+# Class counts of the generator domains' label spaces (labels.label_space(domain).num_classes; a test
+# checks they agree). Kept here as numbers so that the config does not import the data package.
+SYNTHETIC_DOMAIN_CLASSES = {"scannet": 20, "s3dis": 13, "structured3d": 25}
+
+
 class SyntheticConfig(_Strict):
     seed: int = 2026
     num_train: int = Field(16, ge=1)
@@ -69,6 +74,11 @@ class SyntheticConfig(_Strict):
     rescans: int = Field(1, ge=0, description="Re-captures of every val scene (same room, another camera path, "
                          "sensor noise, a few objects moved) written as the split 'rescan' (synth_val_<i>_r<k>), "
                          "for the duplicate-scene and image-to-scene queries; train and val are unchanged.")
+    domain: Literal["scannet", "s3dis", "structured3d"] = Field(
+        "scannet", description="Which dataset the generated rooms imitate (data/synthetic_domains.py): scannet "
+        "(ScanNet-20 labels, no ceiling; ids synth_*), s3dis (S3DIS-13 labels: offices with ceilings, beams, "
+        "columns, boards; denser, greyer and warmer, holes; ids s3dis_*) or structured3d (Structured3D-25 labels: "
+        "noise-free houses with ceilings; ids st3d_*). data.num_classes must match (20 / 13 / 25).")
 
 
 class SevenScenesConfig(_Strict):
@@ -214,6 +224,11 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _classes_fit_dataset(self) -> "DataConfig":
+        if self.dataset == "synthetic":
+            k = SYNTHETIC_DOMAIN_CLASSES[self.synthetic.domain]
+            if self.num_classes != k:
+                raise ValueError(f"data.num_classes is {self.num_classes} but data.synthetic.domain "
+                                 f"{self.synthetic.domain!r} labels {k} classes: set data.num_classes: {k}")
         allowed = {"s3dis": (13,), "scannet": (20, 200), "scannet_npy": (20, 200)}.get(self.dataset)
         if allowed and self.num_classes not in allowed:
             raise ValueError(f"num_classes {self.num_classes} does not fit dataset {self.dataset!r} "

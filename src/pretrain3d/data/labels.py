@@ -1,10 +1,21 @@
-"""ScanNet-20 benchmark classes and the NYU40 -> ScanNet-20 mapping.
+"""ScanNet-20 benchmark classes and the NYU40 -> ScanNet-20 mapping; the label spaces of the
+embedded generator's domains.
 
 ScanNet annotates with NYU40 ids (1..40, 0 = unannotated); the semantic-segmentation
 benchmark keeps 20 of them. ``nyu40_to_scannet20`` maps every other id to ``IGNORE_INDEX``.
+
+The procedural generator (``data.synthetic``, setting ``data.synthetic.domain``) labels each domain
+in the label space of the dataset it imitates; ``label_space(domain)`` is the one table of them:
+the class names in label order, what the raw label files hold (``raw_set``) and which raw id is
+class i. ScanNet-like and Structured3D-like scenes carry NYU40 ids, as the real datasets do
+(Pointcept's Structured3D preprocessing keeps 25 NYU40 ids); S3DIS-like scenes carry the S3DIS
+class index + 1 (S3DIS has no NYU40 ids; 0 = unannotated, as with NYU40).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -99,6 +110,69 @@ def colorize(segment20) -> np.ndarray:
     return out
 
 
+# ----------------------------------------------------------------------------- Structured3D
+# Pointcept's Structured3D list (NYU40 names; "shelves", not "bookshelf"; ceiling, lamp, otherprop kept).
+STRUCTURED3D_NAMES: tuple[str, ...] = (
+    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "picture",
+    "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "ceiling", "refrigerator",
+    "television", "nightstand", "sink", "lamp", "otherstructure", "otherfurniture", "otherprop",
+)
+STRUCTURED3D_NYU40_IDS: tuple[int, ...] = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 14, 15, 16, 17, 18, 19, 22, 24, 25, 32, 34, 35, 38, 39, 40,
+)
+
+
+# ----------------------------------------------------------------------------- generator domains
+SYNTHETIC_DOMAINS: tuple[str, ...] = ("scannet", "s3dis", "structured3d")
+SYNTHETIC_DATASETS = ("synthetic", "scannet_like")  # the datasets whose scenes the generator makes
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """A domain's classes (``names``, in label order) and how its raw label files encode them:
+    ``raw_set`` names the id set (``nyu40``: 0..40; ``s3dis``: 0..13 = S3DIS index + 1), and
+    ``raw_ids[i]`` is the raw id of class i. Raw 0 and every id not listed map to ``IGNORE_INDEX``."""
+
+    domain: str
+    name: str
+    names: tuple[str, ...]
+    raw_set: str
+    raw_ids: tuple[int, ...]
+    raw_max: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def to_segment(self, raw) -> np.ndarray:
+        """Raw label ids (any int array) -> class indices 0..K-1 of this space, else -1."""
+        lab = np.asarray(raw)
+        if lab.dtype.kind not in "iub":
+            raise TypeError(f"raw labels must be integers, got dtype {lab.dtype}")
+        lab = lab.astype(np.int64, copy=False)
+        lut = np.full(self.raw_max + 1, IGNORE_INDEX, dtype=np.int64)
+        lut[list(self.raw_ids)] = np.arange(self.num_classes)
+        out = np.full(lab.shape, IGNORE_INDEX, dtype=np.int64)
+        ok = (lab >= 0) & (lab <= self.raw_max)
+        out[ok] = lut[lab[ok]]
+        return out
+
+
+@lru_cache(maxsize=None)
+def label_space(domain: str) -> LabelSpace:
+    """The label space of generator domain ``domain`` (one of ``SYNTHETIC_DOMAINS``)."""
+    if domain == "scannet":
+        return LabelSpace("scannet", "scannet20", SCANNET20_NAMES, "nyu40", SCANNET20_NYU40_IDS, 40)
+    if domain == "s3dis":
+        from pretrain3d.data.s3dis import S3DIS_NAMES  # lazy: s3dis imports scene, which imports this module
+
+        return LabelSpace("s3dis", "s3dis13", tuple(S3DIS_NAMES), "s3dis",
+                          tuple(range(1, len(S3DIS_NAMES) + 1)), len(S3DIS_NAMES))
+    if domain == "structured3d":
+        return LabelSpace("structured3d", "structured3d25", STRUCTURED3D_NAMES, "nyu40", STRUCTURED3D_NYU40_IDS, 40)
+    raise ValueError(f"unknown synthetic domain {domain!r}; expected one of {', '.join(SYNTHETIC_DOMAINS)}")
+
+
 # ----------------------------------------------------------------------------- per-dataset label sets
 SCANNET200_DATASETS = ("scannet", "scannet_npy")  # the datasets whose 200-class labels are ScanNet200's
 
@@ -108,9 +182,26 @@ def _is_scannet20(dataset: str, num_classes: int) -> bool:
     return num_classes == NUM_CLASSES and dataset != "s3dis"
 
 
-def dataset_class_names(dataset: str, num_classes: int) -> list[str]:
+def dataset_class_names(dataset: str, num_classes: int, domain: str | None = None) -> list[str]:
     """Names of a dataset's classes, in label order: S3DIS's 13, ScanNet200's 200 (datasets scannet /
-    scannet_npy), ScanNet-20's 20 (every other dataset with 20 classes), else ``class<i>``."""
+    scannet_npy), ScanNet-20's 20 (every other dataset with 20 classes), else ``class<i>``.
+
+    The generated datasets (``synthetic``, ``scannet_like``) take the names of their generator
+    domain's label space: ``domain`` when given (its class count must be ``num_classes``), else the
+    domain with ``num_classes`` classes (13 S3DIS-like, 20 ScanNet-like, 25 Structured3D-like: the
+    config validation ties data.synthetic.domain to data.num_classes, so the count is unambiguous).
+    """
+    if domain is not None:
+        space = label_space(domain)
+        if space.num_classes != num_classes:
+            raise ValueError(f"domain {domain!r} labels {space.num_classes} classes ({space.name}), "
+                             f"not num_classes={num_classes}")
+        if dataset in SYNTHETIC_DATASETS:
+            return list(space.names)
+    if dataset in SYNTHETIC_DATASETS:
+        for d in SYNTHETIC_DOMAINS:
+            if label_space(d).num_classes == num_classes:
+                return list(label_space(d).names)
     if dataset == "s3dis" and num_classes == 13:
         from pretrain3d.data.s3dis import S3DIS_NAMES
 

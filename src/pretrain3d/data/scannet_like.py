@@ -11,6 +11,12 @@ Raw layout (per scene)::
 The building blocks (`read_vertex_ply`, `read_label_ply`, `read_instance_npy`,
 `read_exported_frames`, `build_processed_scene`) are public so that a real-ScanNet reader
 (.sens / aggregation / segs) can reuse them.
+
+Label spaces: the labels PLY holds raw ids of a generator domain's label space
+(``labels.label_space``): NYU40 -> ScanNet-20 by default (real ScanNet exports, the scannet
+domain); a generated root whose ``meta.json`` names another ``domain`` (s3dis: S3DIS index + 1 ->
+S3DIS-13; structured3d: NYU40 -> Structured3D-25) is mapped into that space instead, and
+``num_classes`` must be that space's size.
 """
 
 from __future__ import annotations
@@ -216,17 +222,27 @@ def build_processed_scene(
     frames: FrameIndex | None,
     num_classes: int = 20,
     label_source: str | Path = "<labels>",
+    domain: str = "scannet",
 ) -> ProcessedScene:
-    """Assemble a ProcessedScene from already-read parts (NYU40 → ScanNet-20 labels)."""
-    from pretrain3d.data.labels import nyu40_to_scannet20
+    """Assemble a ProcessedScene from already-read parts: raw labels (``nyu40``: NYU40 ids for
+    the scannet and structured3d domains, S3DIS index + 1 for s3dis) → the domain's label space."""
+    from pretrain3d.data.labels import label_space
 
-    if num_classes != 20:
-        raise ValueError(f"ScanNet-like ingest maps NYU40 to ScanNet-20; num_classes={num_classes} is not supported")
+    space = label_space(domain)
+    if num_classes != space.num_classes:
+        if domain == "scannet":
+            raise ValueError(f"ScanNet-like ingest maps NYU40 to ScanNet-20; num_classes={num_classes} is not supported")
+        raise ValueError(f"domain {domain!r} labels {space.num_classes} classes ({space.name}); "
+                         f"num_classes={num_classes} does not fit")
     n = len(mesh["coord"])
     if nyu40 is None:
         segment = np.full(n, -1, dtype=np.int64)
     else:
-        segment = check_labels(label_source, np.asarray(nyu40_to_scannet20(nyu40), dtype=np.int64), n, num_classes)
+        raw = np.asarray(nyu40, dtype=np.int64)
+        if raw.size and raw.max() > space.raw_max:
+            raise DataError(label_source, f"labels above {space.raw_max} (max {int(raw.max())}) in a "
+                            f"{space.name} scene: its raw ids are {space.raw_set} (0..{space.raw_max})")
+        segment = check_labels(label_source, space.to_segment(raw), n, num_classes)
     return ProcessedScene(scene_id, mesh["coord"], mesh["color"], _normals_for(mesh), segment, instance, frames)
 
 
@@ -236,15 +252,29 @@ def ingest_scannet_like_scene(
     out_dir: str | Path,
     num_classes: int = 20,
     frame_step: int = 1,
+    domain: str = "scannet",
 ) -> ProcessedScene:
     """Read one raw scene folder and write the processed scene to ``out_dir`` (atomically).
 
     Everything is read and validated before anything is written, so a bad input leaves no
     partial output. Returns the written scene (``path`` set, frames pointing into ``out_dir``).
+    ``domain``: the generator domain whose label space the labels PLY holds; a scene whose
+    generator.json names another domain is an error.
     """
     scan_dir = Path(scan_dir)
     if not scan_dir.is_dir():
         raise DataError(scan_dir, "raw scene folder not found")
+    gen = scan_dir / "generator.json"
+    if gen.is_file():
+        import json
+
+        try:
+            scene_domain = json.loads(gen.read_text()).get("domain", "scannet")
+        except ValueError as e:
+            raise DataError(gen, f"not valid JSON ({e})") from e
+        if scene_domain != domain:
+            raise DataError(gen, f"scene of generator domain {scene_domain!r} among {domain!r} scenes",
+                            "one raw root holds one domain: generate each domain into its own raw_root")
     mesh = read_vertex_ply(vertex_ply_path(scan_dir, scene_id))
     n = len(mesh["coord"])
     lpath = label_ply_path(scan_dir, scene_id)
@@ -254,7 +284,7 @@ def ingest_scannet_like_scene(
     frames = None
     if (scan_dir / "frames").exists():
         frames = read_exported_frames(scan_dir / "frames", frame_step=frame_step)
-    scene = build_processed_scene(scene_id, mesh, nyu40, instance, frames, num_classes, lpath)
+    scene = build_processed_scene(scene_id, mesh, nyu40, instance, frames, num_classes, lpath, domain)
     write_processed_scene(out_dir, scene, num_classes=num_classes)
     scene.path = Path(out_dir)
     if frames is not None:
@@ -274,11 +304,34 @@ def read_split_file(raw_root: str | Path, split: str) -> list[str]:
     return ids
 
 
+def raw_label_space(raw_root: str | Path, domain: str | None = None):
+    """The label space of a raw root: its meta.json's ``domain`` (absent: scannet); ``domain``, when
+    given, must agree (a DataError names both)."""
+    import json
+
+    from pretrain3d.data.labels import label_space
+
+    meta_path = Path(raw_root) / "meta.json"
+    found = "scannet"
+    if meta_path.is_file():
+        try:
+            found = json.loads(meta_path.read_text()).get("domain", "scannet")
+        except ValueError as e:
+            raise DataError(meta_path, f"not valid JSON ({e})") from e
+    if domain is not None and domain != found:
+        raise DataError(meta_path, f"raw scenes of generator domain {found!r}, but data.synthetic.domain is {domain!r}",
+                        "regenerate raw_root (pretrain3d generate) or set data.synthetic.domain to match")
+    try:
+        return label_space(found)
+    except ValueError as e:
+        raise DataError(meta_path, str(e)) from e
+
+
 def _ingest_job(job: tuple) -> tuple:
     """Worker: ingest one scene; return stats, or the error as plain picklable values."""
-    split, scene_id, scan_dir, out_dir, num_classes, frame_step = job
+    split, scene_id, scan_dir, out_dir, num_classes, frame_step, domain = job
     try:
-        s = ingest_scannet_like_scene(scan_dir, scene_id, out_dir, num_classes, frame_step)
+        s = ingest_scannet_like_scene(scan_dir, scene_id, out_dir, num_classes, frame_step, domain)
         hist = np.bincount(s.segment[s.segment >= 0], minlength=num_classes)[:num_classes]
         stats = {
             "num_points": s.num_points,
@@ -313,8 +366,13 @@ def preprocess_scannet_like(
     progress: bool = True,
     num_classes: int = 20,
     frame_step: int = 1,
+    domain: str | None = None,
 ) -> dict:
     """Ingest every scene of ``splits`` into ``out_root/<split>/<scene_id>`` in parallel.
+
+    The label space is that of the generator domain named by ``raw_root/meta.json`` (no meta.json or
+    no ``domain`` in it: scannet, NYU40 → ScanNet-20). ``domain``, when given (the config's
+    data.synthetic.domain), must be that one; ``num_classes`` (data.num_classes) must be its size.
 
     Writes ``out_root/manifest.json`` (atomically, last) and returns it as a dict::
 
@@ -328,9 +386,12 @@ def preprocess_scannet_like(
     """
     from tqdm import tqdm
 
-    from pretrain3d.data.labels import SCANNET20_NAMES
-
     raw_root, out_root = Path(raw_root), Path(out_root)
+    space = raw_label_space(raw_root, domain)
+    if num_classes != space.num_classes:
+        raise ValueError(f"data.num_classes is {num_classes} but the scenes in {raw_root} are labelled in the "
+                         f"{space.name} label space of generator domain {space.domain!r} ({space.num_classes} "
+                         f"classes): set data.num_classes: {space.num_classes}")
     ids_by_split = {s: read_split_file(raw_root, s) for s in splits}
     seen: dict[str, str] = {}
     for s, ids in ids_by_split.items():
@@ -339,7 +400,7 @@ def preprocess_scannet_like(
                 raise DataError(raw_root / "splits" / f"{s}.txt",
                                 f"scene {i!r} is also listed in split {seen[i]!r}")
             seen[i] = s
-    jobs = [(s, i, str(raw_root / "scans" / i), str(out_root / s / i), num_classes, frame_step)
+    jobs = [(s, i, str(raw_root / "scans" / i), str(out_root / s / i), num_classes, frame_step, space.domain)
             for s, ids in ids_by_split.items() for i in ids]
 
     out_dirs = [Path(j[3]) for j in jobs]
@@ -381,7 +442,8 @@ def preprocess_scannet_like(
     manifest: dict = {
         "dataset": "scannet_like",
         "num_classes": num_classes,
-        "class_names": list(SCANNET20_NAMES),
+        "class_names": list(space.names),
+        **({} if space.domain == "scannet" else {"domain": space.domain, "label_space": space.name}),
         "frame_step": frame_step,
         "splits": {s: list(ids) for s, ids in ids_by_split.items()},
         "scenes": {},

@@ -21,6 +21,11 @@ Randomness: one ``numpy.random.SeedSequence`` per scene, split into independent 
 for layout, surface sampling, sensor noise and cameras, so e.g. changing the number of
 frames never changes the point cloud. ``generate_dataset`` seeds scene *i* of split *s*
 from ``(seed, s, i)`` so results do not depend on the number of workers.
+
+``domain`` (``scannet`` default | ``s3dis`` | ``structured3d``) chooses which dataset the rooms
+imitate; the S3DIS-like and Structured3D-like recipes, label maps and colour/noise character live
+in ``pretrain3d.data.synthetic_domains``. This module only hooks them in: the ``scannet`` path is
+the original generator, byte for byte.
 """
 
 from __future__ import annotations
@@ -413,7 +418,7 @@ class _Proto:
 @dataclass
 class SceneObject:
     cls: str
-    nyu40: int
+    nyu40: int  # raw label id: NYU40 (scannet, structured3d domains) or S3DIS index + 1 (s3dis)
     instance: int
     prims: list[Prim]  # world frame
     mats: list[Material]
@@ -965,9 +970,10 @@ def build_otherfurniture(rng) -> list[_Proto]:
 
 
 class _Layout:
-    def __init__(self, rng, Lx, Ly, H):
+    def __init__(self, rng, Lx, Ly, H, label_ids=None):
         self.rng = rng
         self.L = np.array([Lx, Ly, H])
+        self.label_ids = NYU40 if label_ids is None else label_ids  # generator class -> raw label id
         self.occ: list[tuple[np.ndarray, np.ndarray]] = []
         self.objects: list[SceneObject] = []
         # walls: origin, tangent, inward normal, length
@@ -1020,7 +1026,7 @@ class _Layout:
 
     def _add(self, proto: _Proto, Rw, t):
         prims = [p.moved(Rw, t) for p in proto.prims]
-        self.objects.append(SceneObject(proto.cls, NYU40[proto.cls], len(self.objects), prims, proto.mats))
+        self.objects.append(SceneObject(proto.cls, self.label_ids[proto.cls], len(self.objects), prims, proto.mats))
 
     # -- candidate generators
     def wall_candidates(self, protos, tries=30, corner=False, gap=0.0, z=0.0, walls=None):
@@ -1256,10 +1262,18 @@ class SyntheticScene:
     frame_instance: np.ndarray  # (F, H, W) int32 (-1 = no hit)
     params: dict = field(default_factory=dict)
     _raycaster: Any = field(default=None, repr=False, compare=False)
+    domain: str = "scannet"  # ``label`` holds raw ids of label_space(domain) (NYU40 for scannet)
 
     @property
     def segment20(self) -> np.ndarray:
         return nyu40_to_scannet20(self.label)
+
+    @property
+    def segment(self) -> np.ndarray:
+        """Class indices 0..K-1 of the domain's label space (-1 = ignore)."""
+        from pretrain3d.data.labels import label_space
+
+        return label_space(self.domain).to_segment(self.label)
 
     def surface_color(self, points, tri_ids) -> np.ndarray:
         """The scene's colour function at surface points lying on triangles ``tri_ids``."""
@@ -1281,10 +1295,17 @@ class SyntheticScene:
         return state
 
 
-def scene_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
-    """SeedSequence of scene ``index`` of ``split``: independent of worker count/order."""
-    code = sum((i + 1) * b for i, b in enumerate(split.encode()))  # stable, unlike hash()
-    return np.random.SeedSequence([int(seed), code, int(index), GENERATOR_VERSION])
+def _stable_code(text: str) -> int:
+    return sum((i + 1) * b for i, b in enumerate(text.encode()))  # stable, unlike hash()
+
+
+def scene_seed(seed: int, split: str, index: int, domain: str = "scannet") -> np.random.SeedSequence:
+    """SeedSequence of scene ``index`` of ``split``: independent of worker count/order. Another
+    ``domain`` than scannet adds its own entropy word (scannet's seeds are those of version 1)."""
+    words = [int(seed), _stable_code(split), int(index), GENERATOR_VERSION]
+    if domain != "scannet":
+        words.append(_stable_code(domain))
+    return np.random.SeedSequence(words)
 
 
 def _mesh_from_objects(objects: list[SceneObject]):
@@ -1482,9 +1503,9 @@ _RESCAN_KEY = 0x5CA7  # spawn-key element of a rescan's random streams (disjoint
 MOVABLE = ("chair", "pillow", "books", "otherprop", "otherfurniture")
 
 
-def _move_objects(rng, lay: "_Layout", n: int) -> list[int]:
+def _move_objects(rng, lay: "_Layout", n: int, movable=MOVABLE) -> list[int]:
     """Shift and turn up to ``n`` movable objects of ``lay`` in place; returns the indices of those moved."""
-    idx = [i for i, o in enumerate(lay.objects) if o.cls in MOVABLE]
+    idx = [i for i, o in enumerate(lay.objects) if o.cls in movable]
     if not idx or n <= 0:
         return []
     pick = sorted(int(i) for i in rng.choice(idx, size=min(n, len(idx)), replace=False))
@@ -1523,11 +1544,12 @@ def generate_scene(
     points_per_m2: float = DEFAULT_POINTS_PER_M2,
     theme: str | None = None,
     room_size: tuple[float, float, float] | None = None,
-    pos_noise: float = 0.005,
-    color_noise: float = 3.0,
+    pos_noise: float | None = None,
+    color_noise: float | None = None,
     nthreads: int = 0,
     rescan: int = 0,
     moved_objects: int = 3,
+    domain: str = "scannet",
 ) -> SyntheticScene:
     """Generate one scene; bit-identical for the same arguments.
 
@@ -1539,21 +1561,37 @@ def generate_scene(
     comes from the same seed, but the surface sampling, the sensor noise and the camera path are
     drawn anew, and ``moved_objects`` movable objects (chairs, pillows, props, ...) are shifted by
     0.15-0.5 m and turned by up to 30 degrees (kept inside the room; they may touch a neighbour).
+
+    ``domain`` picks the dataset imitated (see ``pretrain3d.data.synthetic_domains``): its room
+    types (``theme``), recipes, label space (``label`` then holds that space's raw ids), colour
+    character, sampling density (``points_per_m2`` times the domain's factor; scannet: 1) and, when
+    ``pos_noise`` / ``color_noise`` are None, its sensor noise (scannet: 0.005 m, 3.0).
     """
+    spec = None
+    if domain != "scannet":
+        from pretrain3d.data.synthetic_domains import domain_spec
+
+        spec = domain_spec(domain)
+    pos_noise = (0.005 if spec is None else spec.pos_noise) if pos_noise is None else pos_noise
+    color_noise = (3.0 if spec is None else spec.color_noise) if color_noise is None else color_noise
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(int(seed))
     r_layout, r_sample, r_noise, r_cam = (np.random.default_rng(s) for s in ss.spawn(4))
-    if theme is None:
-        theme = THEMES[int(r_layout.choice(len(THEMES), p=_THEME_P))]
-    lay = _build_layout(r_layout, theme, room_size)
+    if spec is None:
+        if theme is None:
+            theme = THEMES[int(r_layout.choice(len(THEMES), p=_THEME_P))]
+        lay = _build_layout(r_layout, theme, room_size)
+    else:
+        theme = spec.pick_theme(r_layout) if theme is None else spec.check_theme(theme)
+        lay = spec.build_layout(r_layout, theme, room_size)
     if rescan:
         rs = np.random.SeedSequence(ss.entropy, spawn_key=tuple(ss.spawn_key) + (_RESCAN_KEY, int(rescan)))
         r_sample, r_noise, r_cam, r_move = (np.random.default_rng(s) for s in rs.spawn(4))
-        _move_objects(r_move, lay, moved_objects)
+        _move_objects(r_move, lay, moved_objects, MOVABLE if spec is None else spec.movable)
     Lx, Ly, H = lay.L
-    struct = _structure(r_layout, Lx, Ly, H)
+    struct = _structure(r_layout, Lx, Ly, H) if spec is None else spec.structure(r_layout, lay)
     objects: list[SceneObject] = []
     for proto in struct:
-        objects.append(SceneObject(proto.cls, NYU40[proto.cls], len(objects), proto.prims, proto.mats))
+        objects.append(SceneObject(proto.cls, lay.label_ids[proto.cls], len(objects), proto.prims, proto.mats))
     for o in lay.objects:
         objects.append(SceneObject(o.cls, o.nyu40, len(objects), o.prims, o.mats))
 
@@ -1561,7 +1599,12 @@ def generate_scene(
     mtab = MaterialTable.pack(mats)
     tri_label = np.array([objects[i].nyu40 for i in range(len(objects))], np.int64)[tri_obj]
 
-    pts, tid, tri_normal, _ = _sample_surface(r_sample, V, T, tri_prim, prims, points_per_m2)
+    density = points_per_m2 if spec is None else points_per_m2 * spec.density_factor
+    pts, tid, tri_normal, _ = _sample_surface(r_sample, V, T, tri_prim, prims, density)
+    if spec is not None:
+        mtab.base = spec.recolor(mtab.base)  # the domain's colour character (points and frames alike)
+        keep = spec.holes(r_noise, pts, tri_label[tid])
+        pts, tid = pts[keep], tid[keep]
     nrm = tri_normal[tid]
     col_clean = mtab.color(pts, nrm, tri_mat[tid])
     noisy = pts + nrm * r_noise.normal(0.0, pos_noise, size=(len(pts), 1))
@@ -1589,7 +1632,7 @@ def generate_scene(
             {
                 "instance": o.instance,
                 "class": o.cls,
-                "nyu40": o.nyu40,
+                ("nyu40" if spec is None else "label"): o.nyu40,
                 "aabb": [a.round(4).tolist() for a in o.aabb()],
             }
             for o in objects
@@ -1609,7 +1652,9 @@ def generate_scene(
             "points_per_m2": points_per_m2,
             "pos_noise": pos_noise,
             "color_noise": color_noise,
+            **({} if spec is None else {"domain": domain, "density_factor": spec.density_factor}),
         },
+        domain=domain,
     )
     if num_frames:
         views = [render_view(scene, scene.K, P, width, height, nthreads=nthreads) for P in scene.poses]
@@ -1648,6 +1693,10 @@ def write_raw_scene(out_dir_root, scene_id: str, scene: SyntheticScene, write_fr
         frames/pose/<i>.txt          4x4 camera-to-world
         frames/label/<i>.png         uint16 NYU40 per pixel, 0 = none (only if write_frame_labels)
         generator.json               generator parameters of this scene
+
+    Another domain than scannet writes its label space's raw ids where NYU40 ids stand above
+    (``label_space(domain).raw_set``: NYU40 for structured3d, S3DIS index + 1 for s3dis) and
+    records ``domain``, ``label_space`` and ``label_set`` in generator.json.
     """
     from PIL import Image
     from plyfile import PlyElement
@@ -1706,20 +1755,35 @@ def write_raw_scene(out_dir_root, scene_id: str, scene: SyntheticScene, write_fr
             "num_points": int(N),
             "num_frames": int(len(scene.poses)),
             "params": scene.params,
-            "objects": [{k: o[k] for k in ("instance", "class", "nyu40")} for o in scene.objects],
+            "objects": [{k: o[k] for k in ("instance", "class", "nyu40", "label") if k in o} for o in scene.objects],
         }
+        if scene.domain != "scannet":
+            from pretrain3d.data.labels import label_space
+
+            space = label_space(scene.domain)
+            info.update(domain=scene.domain, label_space=space.name, label_set=space.raw_set)
         (tmp / "generator.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return final
 
 
-def rescan_id(split: str, index: int, rescan: int) -> str:
-    """Scene id of scene ``index`` of ``split``; rescans k > 0 get a suffix (``synth_val_0003_r1``)."""
-    return f"synth_{split}_{index:04d}" + (f"_r{rescan}" if rescan else "")
+def rescan_id(split: str, index: int, rescan: int, prefix: str = "synth") -> str:
+    """Scene id of scene ``index`` of ``split``; rescans k > 0 get a suffix (``synth_val_0003_r1``).
+    ``prefix`` is the domain's (``synth`` scannet, ``s3dis`` s3dis, ``st3d`` structured3d)."""
+    return f"{prefix}_{split}_{index:04d}" + (f"_r{rescan}" if rescan else "")
+
+
+def _domain_prefix(domain: str) -> str:
+    if domain == "scannet":
+        return "synth"
+    from pretrain3d.data.synthetic_domains import domain_spec
+
+    return domain_spec(domain).prefix
 
 
 def _generate_one(job: tuple) -> dict:
     root, split, index, seed, kw, resume = job
-    scene_id = rescan_id(split, index, kw.get("rescan", 0))
+    domain = kw.get("domain", "scannet")
+    scene_id = rescan_id(split, index, kw.get("rescan", 0), _domain_prefix(domain))
     params = _scene_params(kw, [seed, split, index])
     gpath = Path(root) / "scans" / scene_id / "generator.json"
     if resume and gpath.exists():
@@ -1730,7 +1794,7 @@ def _generate_one(job: tuple) -> dict:
         except (OSError, ValueError, KeyError):
             pass
     t0 = time.perf_counter()
-    scene = generate_scene(scene_seed(seed, split, index), scene_id=scene_id, **kw)
+    scene = generate_scene(scene_seed(seed, split, index, domain), scene_id=scene_id, **kw)
     scene.params = params
     t1 = time.perf_counter()
     write_raw_scene(root, scene_id, scene)
@@ -1745,16 +1809,23 @@ def _generate_one(job: tuple) -> dict:
 
 
 def _scene_params(kw: dict, seed_triple) -> dict:
+    domain = kw.get("domain", "scannet")
+    spec = None
+    if domain != "scannet":
+        from pretrain3d.data.synthetic_domains import domain_spec
+
+        spec = domain_spec(domain)
     return {
         "seed": list(seed_triple),
         "num_frames": kw["num_frames"],
         "width": kw["width"],
         "height": kw["height"],
         "points_per_m2": kw["points_per_m2"],
-        "pos_noise": kw.get("pos_noise", 0.005),
-        "color_noise": kw.get("color_noise", 3.0),
+        "pos_noise": kw.get("pos_noise", 0.005 if spec is None else spec.pos_noise),
+        "color_noise": kw.get("color_noise", 3.0 if spec is None else spec.color_noise),
         "theme": kw.get("theme"),
         **({"rescan": kw["rescan"], "moved_objects": kw.get("moved_objects", 3)} if kw.get("rescan") else {}),
+        **({} if spec is None else {"domain": domain, "density_factor": spec.density_factor}),
     }
 
 
@@ -1772,6 +1843,7 @@ def generate_dataset(
     resume: bool = True,
     themes: str = "cycle",
     rescans: int = 0,
+    domain: str = "scannet",
 ) -> dict:
     """Write ``num_train`` + ``num_val`` scenes under ``root`` (see ``write_raw_scene``).
 
@@ -1784,6 +1856,10 @@ def generate_dataset(
     ``rescans`` k > 0 adds k re-captures of every val scene (``generate_scene(rescan=...)``) as the
     split ``rescan`` (``splits/rescan.txt``, ids ``synth_val_<i>_r<k>``), for duplicate-scene and
     image-to-scene queries; train and val are unchanged by it.
+    ``domain`` (see ``generate_scene``) sets the room types that ``themes`` cycles through, the scene
+    ids' prefix (``synth`` / ``s3dis`` / ``st3d``, so domains can share a folder of scans) and the
+    label space, which meta.json records (``domain``, ``label_space``, ``label_set``, ``class_names``,
+    ``class_raw_ids``; the scannet meta.json is unchanged) for preprocessing to map.
     Returns the meta dict.
     """
     from tqdm import tqdm
@@ -1793,9 +1869,16 @@ def generate_dataset(
     if themes not in ("cycle", "random"):
         raise ValueError(f"themes must be 'cycle' or 'random', got {themes!r}")
     kw = dict(num_frames=frames_per_scene, width=width, height=height, points_per_m2=points_per_m2)
+    theme_list, prefix = THEMES, "synth"
+    if domain != "scannet":
+        from pretrain3d.data.synthetic_domains import domain_spec
+
+        spec = domain_spec(domain)
+        kw["domain"] = domain
+        theme_list, prefix = spec.themes, spec.prefix
 
     def job(split, i):
-        theme = THEMES[i % len(THEMES)] if themes == "cycle" else None
+        theme = theme_list[i % len(theme_list)] if themes == "cycle" else None
         return (str(root), split, i, int(seed), dict(kw, theme=theme), resume)
 
     jobs = [job("train", i) for i in range(num_train)] + [job("val", i) for i in range(num_val)]
@@ -1819,12 +1902,12 @@ def generate_dataset(
                 bar.update(1)
     finally:
         bar.close()
-    train_ids = [f"synth_train_{i:04d}" for i in range(num_train)]
-    val_ids = [f"synth_val_{i:04d}" for i in range(num_val)]
+    train_ids = [rescan_id("train", i, 0, prefix) for i in range(num_train)]
+    val_ids = [rescan_id("val", i, 0, prefix) for i in range(num_val)]
     (root / "splits").mkdir(exist_ok=True)
     write_text(root / "splits" / "train.txt", "".join(s + "\n" for s in train_ids))
     write_text(root / "splits" / "val.txt", "".join(s + "\n" for s in val_ids))
-    rescan_ids = [rescan_id("val", i, j) for i in range(num_val) for j in range(1, rescans + 1)]
+    rescan_ids = [rescan_id("val", i, j, prefix) for i in range(num_val) for j in range(1, rescans + 1)]
     if rescans:
         write_text(root / "splits" / "rescan.txt", "".join(s + "\n" for s in rescan_ids))
     elif (root / "splits" / "rescan.txt").exists():  # a former run's rescans are not part of this dataset
@@ -1850,9 +1933,18 @@ def generate_dataset(
             for sid in train_ids + val_ids
         },
     }
+    if domain != "scannet":  # only then, so that the scannet meta.json stays byte for byte
+        from pretrain3d.data.labels import label_space
+
+        space = label_space(domain)
+        meta.update(domain=domain, label_space=space.name, label_set=space.raw_set,
+                    class_names=list(space.names), class_raw_ids=list(space.raw_ids),
+                    generator_labels=dict(spec.label_ids), density_factor=spec.density_factor)
+        for k in ("class_nyu40_ids", "generator_nyu40"):
+            del meta[k]
     if rescans:  # only then, so that a dataset without rescans keeps its meta.json byte for byte
         meta["rescans"] = rescans
-        meta["rescan_of"] = {rescan_id("val", i, j): rescan_id("val", i, 0)
+        meta["rescan_of"] = {rescan_id("val", i, j, prefix): rescan_id("val", i, 0, prefix)
                              for i in range(num_val) for j in range(1, rescans + 1)}
         for sid in rescan_ids:
             meta["scenes"][sid] = {"theme": results[sid]["theme"], "num_points": results[sid]["num_points"]}

@@ -28,7 +28,7 @@ def generate(cfg: Params) -> Path:
             generate_dataset(tmp, num_train=s.num_train, num_val=s.num_val, seed=s.seed,
                              frames_per_scene=s.frames_per_scene, width=s.image_width, height=s.image_height,
                              points_per_m2=s.points_per_m2, workers=cfg.data.workers, progress=True,
-                             rescans=s.rescans)
+                             rescans=s.rescans, domain=s.domain)
         run.log_metrics({"generate/seconds": time.perf_counter() - t0,
                          "generate/scenes": s.num_train + s.num_val * (1 + s.rescans)})
     log.info("generated %d scenes in %s (%.1f s)", s.num_train + s.num_val, out, time.perf_counter() - t0)
@@ -80,7 +80,10 @@ def _ingest(cfg: Params, dataset: str, raw: Path, out: Path, scenes: list[str] |
 
         # the generator's rescans (data.synthetic.rescans) are a split of their own
         rescan = dataset == "synthetic" and (raw / "splits" / "rescan.txt").exists()
-        return preprocess_scannet_like(raw, out, workers=d.workers, progress=True,
+        # the raw root's meta.json names its generator domain (label space); a synthetic root must be
+        # of data.synthetic.domain, and data.num_classes must fit that space (13 / 20 / 25)
+        return preprocess_scannet_like(raw, out, workers=d.workers, progress=True, num_classes=d.num_classes,
+                                       domain=d.synthetic.domain if dataset == "synthetic" else None,
                                        splits=("train", "val", "rescan") if rescan else ("train", "val"))
     if dataset == "scannet":
         from pretrain3d.data.scannet import ScanNetOptions, preprocess_scannet
