@@ -378,3 +378,20 @@ def test_outputs_equal_pointcepts_own_models(tmp_path):
 
     diffs = json.loads(out.read_text())["differences"]
     assert len(diffs) == (17 if PONDER_MIRROR.exists() else 11) and max(diffs.values()) < 1e-4
+
+
+@pytest.mark.parametrize("decouple,adaptive,affine", [(False, True, True), (True, False, True), (True, True, False)])
+def test_pdnorm_switches_are_read_from_the_tensors(tmp_path, decouple, adaptive, affine):
+    m = _ours(_spec(decouple=decouple, adaptive=adaptive, affine=affine))
+    sd = _pointcept_state(m, "v1m3")
+    sd["embedding_table.weight"] = (m.prompt.weight.detach()[[1, 2, 0]] if adaptive else torch.randn(3, 32))
+    assert _import("--format", "pointcept", "--input", str(_save(tmp_path, sd)), "--output", str(tmp_path / "k.pt"),
+                   "--prompt-conditions", "S3DIS,Structured3D,ScanNet") == 0
+    ck = _load(tmp_path / "k.pt")
+    pd = ck["architecture"]["pdnorm"]
+    assert (pd["decouple"], pd["adaptive"], pd["affine"]) == (decouple, adaptive, affine)
+    assert ("embedding_table.weight" in ck["dropped"]) == (not adaptive)
+    kept = SpUNet(num_classes=0, norm=PDNormSpec.from_dict(pd), **ARCH).eval()
+    kept.load_state_dict(ck["backbone"], strict=True)
+    with torch.no_grad():
+        assert torch.equal(kept(_batch("S3DIS")), m(_batch("S3DIS")))
