@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from pretrain3d.config import IMPORT_FORMATS
 from pretrain3d.errors import Pretrain3DError
 from pretrain3d.methods.registry import REGISTRY, method_names
 from pretrain3d.retrieval import SOURCES
@@ -67,6 +68,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out-dir", required=True)
     p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("import-checkpoint", help="convert a released trainer checkpoint (Pointcept's layout) into a "
+                       "backbone file, strictly (every backbone tensor mapped, every other key kept as a head or "
+                       "dropped by a named rule, else an error)")
+    p.add_argument("--format", required=True, choices=IMPORT_FORMATS,
+                   help="the checkpoint's origin (models/pointcept_import.py lists each format's rules; README "
+                   "'Scoring a released checkpoint')")
+    p.add_argument("--input", required=True, metavar="CKPT", help="the checkpoint (.pth)")
+    p.add_argument("--output", required=True, metavar="BACKBONE", help="the backbone file to write")
+    p.add_argument("--condition", default=None, metavar="NAME",
+                   help="PDNorm (SpUNet-v1m3): fold the norm layers under this dataset into a plain backbone "
+                   "(what fine-tuning loads); without it the PDNorm backbone is kept")
+    p.add_argument("--conditions", default=None, metavar="A,B,C",
+                   help="the backbone config's PDNorm conditions order (default ScanNet,S3DIS,Structured3D)")
+    p.add_argument("--prompt-conditions", default=None, metavar="A,B,C",
+                   help="the PPT wrapper's conditions order, rows of embedding_table (default Structured3D,ScanNet,S3DIS)")
+    p.add_argument("--class-names", default=None, metavar="FILE|A,B,...",
+                   help="class names, checked against the checkpoint's classifier rows and kept with the head")
+    p.add_argument("--uses-gt-labels", default="true", choices=["true", "false"],
+                   help="record whether the checkpoint's training used ground-truth labels (default true: a "
+                   "checkpoint cannot prove it did not)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="load with weights_only=False (only for a file you trust)")
 
     p = sub.add_parser("real-check", help="run a method briefly on a real RGB-D sequence (the 7-Scenes fixture) "
                        "and draw its check (methods.registry real_check)")
@@ -219,6 +243,17 @@ def _dispatch(args, load) -> int:
         write_text(out, text)
         print(f"wrote {out}", file=sys.stderr)
         return 0
+    if args.cmd == "import-checkpoint":  # needs no config
+        from pretrain3d.stages.import_checkpoint import import_checkpoint
+
+        def names(v):
+            return [x.strip() for x in v.split(",") if x.strip()] if v else None
+
+        import_checkpoint(args.input, args.output, args.format, condition=args.condition,
+                          conditions=names(args.conditions), prompt_conditions=names(args.prompt_conditions),
+                          class_names=args.class_names, uses_gt_labels=args.uses_gt_labels == "true",
+                          allow_pickle=args.allow_pickle)
+        return 0
     if args.cmd == "eval-benchmark":  # needs no config
         from pretrain3d.stages.evaluate import eval_benchmark
 
@@ -264,10 +299,11 @@ def _dispatch(args, load) -> int:
 
         cache_features(cfg, progress=not args.no_progress)
     elif args.cmd == "pretrain":
-        if REGISTRY[args.method].plugin is None:  # not trained: a seeded initialisation
-            from pretrain3d.stages.init_backbone import init_backbone
+        if REGISTRY[args.method].plugin is None:  # not trained: its stage makes the file (seeded init, import)
+            import importlib
 
-            init_backbone(cfg, args.seed, args.out_dir)
+            importlib.import_module(REGISTRY[args.method].stage).build_backbone_file(
+                cfg, args.method, args.seed, args.out_dir)
         else:
             from pretrain3d.stages.pretrain import pretrain
 

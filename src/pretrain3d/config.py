@@ -476,6 +476,32 @@ class PPTConfig(_Strict):
     pdnorm: bool = Field(True, description="PDNorm in the backbone (SpUNet-v1m3); false: shared BatchNorm.")
     export_condition: str | None = Field(None, description="The dataset whose PDNorm the saved backbone is folded "
                                          "to; null: multi_dataset.target if trained on, else the first dataset.")
+IMPORT_FORMATS = ("pointcept", "ponderv2")  # models.pointcept_import.FORMATS
+
+
+class ImportedConfig(_Strict):
+    """Method ``imported``: a backbone converted from a released Pointcept / PonderV2 checkpoint
+    (stages/import_checkpoint.py, ``pretrain3d import-checkpoint``); nothing is trained. The checkpoint
+    file is an input of the pretrain step (``workflow_input``)."""
+
+    checkpoint: str | None = Field(None, json_schema_extra={"workflow_input": True},
+                                   description="The Pointcept/PonderV2 checkpoint (.pth); null: the method "
+                                   "'imported' cannot be selected.")
+    format: Literal["pointcept", "ponderv2"] = Field("pointcept", description="pointcept: DefaultSegmentor / PPT "
+                                                     "checkpoints; ponderv2: PonderIndoor-v2 pre-training (renderer "
+                                                     "and projector dropped) or its PPT fine-tunes.")
+    condition: str | None = Field(None, description="For a PDNorm (SpUNet-v1m3) checkpoint: the dataset whose "
+                                  "norm layers and prompt are folded into a plain backbone (e.g. ScanNet); "
+                                  "required there, since fine-tuning builds a plain SpUNet.")
+    conditions: list[str] | None = Field(None, description="The backbone config's PDNorm `conditions` order; "
+                                         "null: ScanNet, S3DIS, Structured3D (the released PPT/PonderV2 configs).")
+    prompt_conditions: list[str] | None = Field(None, description="The wrapper's `conditions` order (rows of "
+                                                "embedding_table); null: Structured3D, ScanNet, S3DIS.")
+    class_names: list[str] | None = Field(None, description="Checked against the checkpoint's classifier rows "
+                                          "and kept with it (the heads are extras; fine-tuning trains its own).")
+    uses_gt_labels: bool = Field(True, description="Whether the checkpoint's training saw ground-truth labels. A "
+                                 "supervised/PPT checkpoint did; PonderV2's released pre-training used its semantic "
+                                 "rendering loss on labels. A checkpoint cannot prove it did not, hence true.")
 
 
 class PretrainConfig(OptimConfig):
@@ -486,6 +512,7 @@ class PretrainConfig(OptimConfig):
     ponderv2: PonderV2Config = PonderV2Config()
     condense: CondenseConfig = CondenseConfig()
     ppt: PPTConfig = PPTConfig()
+    imported: ImportedConfig = ImportedConfig()
 
 
 class TTAConfig(_Strict):
@@ -632,6 +659,9 @@ class Params(_Strict):
     def _check(self) -> "Params":
         if self.model.in_channels != 6:
             raise ValueError("model.in_channels must be 6 (colour + normal) for the current data pipeline")
+        if "imported" in self.experiment.methods and not self.pretrain.imported.checkpoint:
+            raise ValueError("experiment.methods lists 'imported' but pretrain.imported.checkpoint is null: set it to "
+                             "a Pointcept/PonderV2 checkpoint file, or remove 'imported'")
         md = self.multi_dataset
         for name, d in md.datasets.items():
             if d.processed_root == self.data.processed_root or d.raw_root == self.data.raw_root:

@@ -102,7 +102,8 @@ def dataset_config(cfg, name: str):
 def class_names_of(data_cfg) -> list[str]:
     from pretrain3d.data.labels import dataset_class_names
 
-    return dataset_class_names(data_cfg.dataset, data_cfg.num_classes)
+    domain = data_cfg.synthetic.domain if data_cfg.dataset == "synthetic" else None
+    return dataset_class_names(data_cfg.dataset, data_cfg.num_classes, domain=domain)
 
 
 def label_spaces(cfg, names: Sequence[str]) -> LabelSpaces:

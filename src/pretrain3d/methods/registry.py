@@ -46,6 +46,7 @@ _PONDER_EXCLUDE = ("pretrain.ponderv2.render_chunk",)
 REGISTRY: dict[str, MethodSpec] = {s.name: s for s in [
     MethodSpec("scratch", None, frozenset(), (), stage="pretrain3d.stages.init_backbone",
                description="no pre-training: a seeded random initialisation, saved like a pre-trained backbone"),
+    MethodSpec("imported", None, frozenset(), ("pretrain.imported", "model"), stage="pretrain3d.stages.import_checkpoint", description="a released Pointcept/PonderV2 checkpoint converted strictly (pretrain.imported; uses_gt_labels from its setting)"),
     MethodSpec("ppkt", "pretrain3d.methods.ppkt", frozenset({"scenes", "frames", "features"}),
                ("pretrain.ppkt", "teacher"), exclude=("teacher.batch_size",),
                query_source="pretrain3d.retrieval.ppkt_features:PPKTSource",

@@ -16,6 +16,35 @@ def build_backbone(model_cfg) -> SpUNet:
                   bn_eps=model_cfg.bn_eps, bn_momentum=model_cfg.bn_momentum)
 
 
+def backbone_architecture(model_cfg) -> dict:
+    """The architecture a backbone file must have for ``build_backbone(model_cfg)`` to load it."""
+    return {"in_channels": model_cfg.in_channels, "stem_channels": model_cfg.stem_channels,
+            "channels": list(model_cfg.channels), "layers": list(model_cfg.layers), "bn_eps": model_cfg.bn_eps,
+            "pdnorm": None}
+
+
+def check_backbone_architecture(arch: dict | None, model_cfg, source: str) -> None:
+    """A backbone file that records its architecture (an imported checkpoint) must match ``model_cfg``:
+    the error names the ``model.*`` settings to use. Files without a record are left to the strict load."""
+    if not arch:
+        return
+    from pretrain3d.errors import ConfigError
+
+    if arch.get("pdnorm"):
+        conds = arch["pdnorm"].get("conditions")
+        raise ConfigError(f"{source}: a PDNorm (SpUNet-v1m3) backbone; fine-tuning builds a plain SpUNet: import it "
+                          f"with a dataset condition (--condition / pretrain.imported.condition, one of {conds})")
+    want = backbone_architecture(model_cfg)
+    keys = ("in_channels", "stem_channels", "channels", "layers", "bn_eps")
+    diff = [k for k in keys if k in arch and (list(arch[k]) if isinstance(arch[k], (list, tuple)) else arch[k])
+            != want[k]]
+    if diff:
+        fix = ", ".join(f"model.{k}: {list(arch[k]) if isinstance(arch[k], (list, tuple)) else arch[k]}" for k in diff)
+        have = ", ".join(f"model.{k}={want[k]}" for k in diff)
+        raise ConfigError(f"{source}: the backbone's architecture differs from the config ({have}); set {fix} "
+                          "(the full-size SpUNet: an overlay such as configs/scannet-scratch.yaml)")
+
+
 class Segmentor(nn.Module):
     """``backbone.*`` keys are what pre-training produces and fine-tuning loads strictly;
     ``head.*`` is the classifier (a per-point linear layer, i.e. SpUNet-v1m1's 1×1 conv head)."""

@@ -24,7 +24,7 @@ from pretrain3d.errors import DataError
 from pretrain3d.evaluation.inference import evaluate_scenes
 from pretrain3d.methods.linear_probe import train_probe
 from pretrain3d.methods.semseg import semseg_loss
-from pretrain3d.models.segmentor import build_segmentor
+from pretrain3d.models.segmentor import build_segmentor, check_backbone_architecture
 from pretrain3d.stages.common import job_params, job_tags
 from pretrain3d.tracking.mlflow_runs import job_run
 from pretrain3d.tracking.provenance import data_hash
@@ -132,6 +132,7 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
         ck = load_checkpoint(init_backbone)
         if ck.get("kind") != "backbone":
             raise CheckpointError(f"{init_backbone}: not a backbone checkpoint (kind {ck.get('kind')!r})")
+        check_backbone_architecture(ck.get("architecture"), cfg.model, init_backbone)
         load_state_strict(model.backbone, ck["backbone"], init_backbone)
         uses_gt_labels = str(ck.get("uses_gt_labels", False)).lower()
         log.info("initialised the backbone from %s (%s, seed %s)", init_backbone, ck.get("method"), ck.get("seed"))

@@ -36,3 +36,8 @@ def _save(out: Path, backbone, seed: int, fingerprint: str, cfg: Params) -> None
         "format": 1, "kind": "backbone", "backbone": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
         "method": "scratch", "seed": seed, "fingerprint": fingerprint, "config_hash": config_hash(cfg),
         "uses_gt_labels": False, "teacher": None})
+
+
+def build_backbone_file(cfg: Params, method: str, seed: int, out_dir: str | Path) -> Path:
+    """The entry the CLI calls for an untrained method's stage (methods.registry ``stage``)."""
+    return init_backbone(cfg, seed, out_dir)

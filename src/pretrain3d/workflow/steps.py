@@ -284,6 +284,32 @@ def _pretrain_inputs(cfg: Params, w: Wildcards) -> dict[str, Any]:
     if "datasets" in what:
         out["datasets"] = [dataset_root(cfg, d) for d in _method_datasets(cfg, w["method"])
                            if d in cfg.multi_dataset.datasets]
+    out.update(workflow_input_files(cfg, registry.spec(w["method"]).fields))
+    return out
+
+
+def workflow_input_files(cfg: Params, prefixes: tuple[str, ...]) -> dict[str, str]:
+    """Files named by config fields marked ``workflow_input`` under ``prefixes`` (a method's section, e.g. the
+    checkpoint an imported backbone is converted from): inputs of the step, keyed by their dotted path."""
+    from pydantic import BaseModel
+
+    out: dict[str, str] = {}
+
+    def walk(node, dotted: str) -> None:
+        if not isinstance(node, BaseModel):
+            return
+        for name, info in type(node).model_fields.items():
+            value, key = getattr(node, name), f"{dotted}.{name}"
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            if extra.get("workflow_input") and value:
+                out[key.replace(".", "_")] = str(value)
+            walk(value, key)
+
+    for prefix in prefixes:
+        node = cfg
+        for part in prefix.split("."):
+            node = getattr(node, part, None)
+        walk(node, prefix)
     return out
 
 
@@ -297,8 +323,8 @@ _PRETRAIN_COMMON = ("model", "train.grid_size", "train.device", "train.amp", "pr
 
 def _pretrain_fields(cfg: Params, w: Wildcards) -> tuple[str, ...]:
     spec = registry.spec(w["method"])
-    if spec.plugin is None:  # not trained: only the architecture and the seed make it
-        return ("model",)
+    if spec.plugin is None:  # not trained: the architecture, the seed and its own section make it
+        return ("model",) + spec.fields
     return _PRETRAIN_COMMON + spec.fields
 
 
