@@ -40,6 +40,14 @@ def tiny_overrides(tmp: Path) -> dict:
                      "condense": {"volume_resolution": [12, 12, 6], "volume_channels": 8, "unet_channels": [8],
                                   "hidden": 16, "rays_per_view": 32, "samples_uniform": 12, "samples_importance": 4,
                                   "real_check_steps": 3}},
+        # the other datasets of multi-dataset runs (PPT), tiny; the study is off unless a test turns it on
+        "multi_dataset": {"context_channels": 8, "datasets": {
+            name: {"dataset": "synthetic", "num_classes": k, "raw_root": str(tmp / f"raw-{dom}"),
+                   "processed_root": str(tmp / f"processed-{dom}"), "workers": 1,
+                   "synthetic": {"domain": dom, "seed": seed, "num_train": 2, "num_val": 1, "frames_per_scene": 2,
+                                 "image_width": 64, "image_height": 48, "points_per_m2": 120.0, "rescans": 0}}
+            for name, dom, k, seed in (("S3DIS", "s3dis", 13, 7), ("Structured3D", "structured3d", 25, 8))}},
+        "ppt_study": {"enabled": False, "epochs": 1},
         "queries": {"keypoints": 16, "head_points_per_scene": 256, "head_epochs": 3, "min_class_points": 10},
         "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "artifact_root": str(tmp / "mlartifacts")},
     }

@@ -38,6 +38,8 @@ CASES = {
                          ["generate_synthetic", "cache_features"]),
     ("scannet-ppkt", "scannet-efficient"): ({"preprocess": 1, "cache_features": 1, "pretrain": 2, "finetune": 6,
                                              "evaluate": 6}, ["generate_synthetic"]),
+    ("ppt-scannet-s3dis",): ({"preprocess": 1, "dataset_data_S3DIS": 1, "pretrain": 2, "finetune": 2, "evaluate": 2,
+                              "ppt_study": 3, "report": 1}, ["generate_synthetic", "cache_features"]),
     ("scannet-scratch", "scannet-npy"): ({"preprocess": 1, "pretrain": 1, "finetune": 1, "evaluate": 1},
                                          ["generate_synthetic", "cache_features"]),
 }
@@ -87,6 +89,7 @@ def test_every_config_is_covered_and_validates():
     assert names == {n for case in CASES for n in case}, "add new configs to CASES"
     for case in filter(None, CASES):
         cfg = load_config(REPO / "params.yaml", *(REPO / "configs" / f"{n}.yaml" for n in case))
+        assert not cfg.ppt_study.enabled or case == ("ppt-scannet-s3dis",)  # the embedded study stays embedded
         if case[0] != "scannet-npy":
             m = cfg.model
             assert (m.stem_channels, m.channels, m.layers) == tuple(SPUNET_V1M1.values())

@@ -13,7 +13,8 @@ from pipeline_util import make_workdir, snakemake
 pytestmark = pytest.mark.slow
 
 
-METHODS = ("scratch", "ppkt", "ponderv2", "ponderv2_semantic", "condense")
+METHODS = ("scratch", "ppkt", "ponderv2", "ponderv2_semantic", "condense", "ppt")
+STUDY = ("single-ScanNet", "single-S3DIS", "single-Structured3D", "ppt")
 RUNS = [(m, p, s) for m in METHODS for p in ("la", "probe") for s in (0, 1)]
 
 
@@ -21,7 +22,8 @@ RUNS = [(m, p, s) for m in METHODS for p in ("la", "probe") for s in (0, 1)]
 def finished(tmp_path_factory):
     wd = make_workdir(tmp_path_factory.mktemp("pipeline"),
                       extra={"experiment": {"methods": list(METHODS), "protocols": ["la", "probe"]},
-                             "data": {"synthetic": {"rescans": 1}}})  # the scene queries' duplicates
+                             "data": {"synthetic": {"rescans": 1}},  # the scene queries' duplicates
+                             "ppt_study": {"enabled": True, "variants": ["single", "ppt"]}})
     snakemake(["--cores", "2"], wd)
     return wd
 
@@ -74,6 +76,16 @@ def test_pipeline_outputs(finished):
             assert q["real_image"]["status"] == "skipped"  # the fixture path is relative to the repository
     assert "## Scene queries" in report and "| condense |" in report and "| teacher |" in report
     assert (wd / "results/tiny/renders/queries/condense-image.png").read_bytes()[:4] == b"\x89PNG"
+    # PPT: the other datasets generated in their own label spaces, the study per variant and seed, the report
+    for root, k in (("raw-s3dis", 13), ("raw-structured3d", 25)):
+        assert json.loads((wd / root / "meta.json").read_text())["label_space"]
+    log = json.loads((wd / "results/tiny/pretrain/ppt/seed0/pretrain_log.json").read_text())
+    assert log["uses_gt_labels"] is True and log["ppt"]["datasets"] == ["S3DIS", "Structured3D"]
+    for v in STUDY:
+        for s in (0, 1):
+            m = json.loads((wd / f"results/tiny/ppt_study/{v}/seed{s}/metrics.json").read_text())
+            assert all(0.0 <= r["mIoU"] <= 1.0 for r in m["metrics"].values())
+    assert "## Several datasets (PPT)" in report and "| Structured3D |" in report
     # every rule logged, and nothing half-written left behind
     assert (wd / "logs/tiny/report.log").exists()
     assert not list(wd.rglob(".*.tmp"))
@@ -91,6 +103,8 @@ def test_mlflow_store_holds_parent_and_child_runs(finished):
     children = [r for r in runs if tags[r[0]].get("mlflow.parentRunId") == pid]
     names = sorted(r[1] for r in children)
     expected = ["generate", "preprocess", "features-dinov2_vits14", "report"]
+    expected += [f"{j}-{d}" for j in ("generate", "preprocess") for d in ("S3DIS", "Structured3D")]
+    expected += [f"ppt_study-{v}-seed{s}" for v in STUDY for s in (0, 1)]
     expected += [f"pretrain-{m}-seed{s}" for m in METHODS for s in (0, 1)]
     expected += [f"{job}-{m}-{p}-seed{s}" for job in ("finetune", "evaluate") for m, p, s in RUNS]
     expected += ["queries-teacher-seed0"] + [f"queries-{m}-seed{s}" for m in ("ppkt", "condense") for s in (0, 1)]
@@ -118,6 +132,10 @@ def test_mlflow_store_holds_parent_and_child_runs(finished):
         assert t["uses_gt_labels"] == gt and t["render_semantic"] == gt and t["method"] == m
     t = tags[[r for r in children if r[1] == "pretrain-ponderv2_semantic-seed0"][0][0]]
     assert t["text_encoder"] == "minilm_l6_v2"
+    t = tags[[r for r in children if r[1] == "pretrain-ppt-seed1"][0][0]]
+    assert t["uses_gt_labels"] == "true" and t["datasets"] == "S3DIS,Structured3D" and t["head"] == "language"
+    t = tags[[r for r in children if r[1] == "ppt_study-ppt-seed0"][0][0]]
+    assert t["uses_gt_labels"] == "true" and t["datasets"] == "ScanNet,S3DIS,Structured3D"
     ev_gt = [r for r in children if r[1] == "evaluate-ponderv2_semantic-la-seed0"][0]
     assert tags[ev_gt[0]]["uses_gt_labels"] == "true"  # the flag follows the backbone into every later run
     pre = [r for r in children if r[1] == "pretrain-ponderv2-seed0"][0]

@@ -89,6 +89,7 @@ def _ppt_config(tmp: Path, head="decoupled", datasets=("ScanNet", "S3DIS")):
     o = tiny_overrides(tmp)
     o["experiment"]["methods"] = ["scratch", "ppt"]
     o["data"]["processed_root"] = str(tmp / "scannet")
+    o["ppt_study"] = {"enabled": True, "epochs": 1}
     o["multi_dataset"] = {"target": "ScanNet", "loops": {"S3DIS": 2}, "context_channels": 8, "datasets": {
         "S3DIS": {"dataset": "s3dis", "num_classes": 13, "raw_root": str(tmp / "raw_s3dis"),
                   "processed_root": str(tmp / "s3dis")}}}
@@ -129,3 +130,76 @@ def test_ppt_pretraining_saves_a_backbone_fine_tuning_can_load(tmp_path, head, o
     with torch.no_grad():
         assert torch.allclose(plain(batch), model.backbone({**batch, "condition": "ScanNet"}), atol=1e-5)
         assert ConditionedSegmentor(model, "S3DIS")(batch).shape == (len(gc), 13)
+
+
+def test_study_variants_and_jobs(tmp_path):
+    from pretrain3d.workflow.steps import extra_datasets, study_jobs, study_variants
+
+    cfg = _ppt_config(tmp_path)
+    assert study_variants(cfg) == ["single-ScanNet", "single-S3DIS", "single_language-ScanNet",
+                                   "single_language-S3DIS", "joint", "ppt", "ppt_decoupled"]
+    assert len(study_jobs(cfg)) == 7 * len(cfg.experiment.seeds)
+    assert extra_datasets(cfg) == ["S3DIS"]
+    off = validate_config(tiny_overrides(tmp_path))  # the study off, no multi-dataset method
+    assert study_variants(off) == [] and extra_datasets(off) == []
+
+
+def test_study_runs_a_variant_and_the_report_compares_with_single(tmp_path, one_torch_thread):
+    import json
+
+    from pretrain3d.stages.ppt_report import study_section
+    from pretrain3d.stages.ppt_study import parse_variant, run_variant
+
+    _fake_dataset(tmp_path / "scannet", "sc", 20, 2, 0, 1.0)
+    _fake_dataset(tmp_path / "s3dis", "s3", 13, 2, 1, 1.5)
+    cfg = _ppt_config(tmp_path)
+    with pytest.raises(ValueError, match="unknown dataset 'Matterport'"):
+        parse_variant(cfg, "single-Matterport")
+    with pytest.raises(ValueError, match="unknown ppt_study variant"):
+        parse_variant(cfg, "joint-S3DIS")
+    files = []
+    for variant in ("single-S3DIS", "ppt_decoupled"):
+        r = run_variant(cfg, variant, 0, tmp_path / variant, progress=False)
+        files.append(tmp_path / variant / "metrics.json")
+        assert json.loads(files[-1].read_text())["metrics"].keys() == set(r["datasets"])
+    assert r["datasets"] == ["ScanNet", "S3DIS"] and r["uses_gt_labels"] is True
+    assert r["steps"] == cfg.ppt_study.epochs * (2 + 2 * 2)  # ScanNet 2 scenes + S3DIS 2 scenes x 2 loops
+    text, summary = study_section([str(f) for f in files])
+    assert "| S3DIS |" in text and "| ScanNet |" in text
+    d = summary["S3DIS"]["delta"]["ppt_decoupled"]
+    assert d["n"] == 1 and d["mean"] == pytest.approx(summary["S3DIS"]["ppt_decoupled"]["mean"]
+                                                      - summary["S3DIS"]["single"]["mean"])
+
+
+def test_ponderv2_ppt_renders_over_two_datasets_with_the_ppt_loss_in_the_loss(tmp_path, one_torch_thread):
+    from pretrain3d.engine.trainer import load_checkpoint
+    from pretrain3d.models.segmentor import build_backbone
+    from pretrain3d.stages.data import dataset_data, generate, preprocess
+    from pretrain3d.stages.pretrain import pretrain
+
+    o = tiny_overrides(tmp_path)
+    o["experiment"]["pretrain_only"] = ["ponderv2_ppt"]
+    o["pretrain"]["ponderv2_ppt"] = {"datasets": ["ScanNet", "Structured3D"]}
+    o["tracking"]["enabled"] = False
+    cfg = validate_config(o)
+    generate(cfg)
+    preprocess(cfg)
+    dataset_data(cfg, "Structured3D")
+    summary = pretrain(cfg, "ponderv2_ppt", 0, tmp_path / "out", progress=False)
+    final = summary["final"]
+    assert final["loss_ppt"] > 0 and "loss_depth" in final and summary["uses_gt_labels"] is True
+    assert summary["steps"] == 2 * (2 + 2)  # 2 epochs x (2 + 2 training scenes), batch 1
+    ck = load_checkpoint(tmp_path / "out" / "backbone.pt")
+    build_backbone(cfg.model).load_state_dict(ck["backbone"], strict=True)
+    assert ck["ponderv2_ppt"]["export_condition"] == "ScanNet" and "renderer" in ck
+    # the PPT term is in the loss that is back-propagated (PonderV2's code only logs it)
+    from pretrain3d.methods.ponderv2_ppt import build
+
+    setup = build(cfg, "ponderv2_ppt", None)
+    batch = setup.collate([setup.dataset[("Structured3D", 0, 123)]])
+    torch.manual_seed(0)
+    with_ppt, logs = setup.model.loss(batch)
+    setup.model.ppt_weight = 0.0
+    torch.manual_seed(0)
+    without, _ = setup.model.loss(batch)
+    assert float(with_ppt - without) == pytest.approx(logs["loss_ppt"], rel=1e-4) and logs["loss_ppt"] > 0

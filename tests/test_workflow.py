@@ -156,6 +156,10 @@ def test_every_overlay_schedules_only_runnable_methods():
         paths = [REPO / "configs" / f"{n}.yaml" for n in case]
         cfg = load_config(REPO / "params.yaml", *paths)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"raw_root": str(REPO)})})
+        md = cfg.multi_dataset
+        cfg = cfg.model_copy(update={"multi_dataset": md.model_copy(update={"datasets": {
+            n: d.model_copy(update={"raw_root": str(REPO / "no-such" / n) if d.dataset == "synthetic" else str(REPO)})
+            for n, d in md.datasets.items()}})})
         check_runnable(cfg, source=" + ".join(map(str, paths)))  # raises naming the method and what is missing
 
 

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditions", default=None, metavar="A,B,C",
                    help="the backbone config's PDNorm conditions order (default ScanNet,S3DIS,Structured3D)")
     p.add_argument("--prompt-conditions", default=None, metavar="A,B,C",
-                   help="the PPT wrapper's conditions order, rows of embedding_table (default Structured3D,ScanNet,S3DIS)")
+                   help="the prompt wrapper's conditions order, rows of embedding_table (default Structured3D,ScanNet,S3DIS)")
     p.add_argument("--class-names", default=None, metavar="FILE|A,B,...",
                    help="class names, checked against the checkpoint's classifier rows and kept with the head")
     p.add_argument("--uses-gt-labels", default="true", choices=["true", "false"],

@@ -29,15 +29,17 @@ class ExperimentConfig(_Strict):
     name: str = Field("embedded-benchmark", description="Label of this benchmark; used in MLflow run names.")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Every method runs once per seed.")
     methods: list[str] = Field(
-        ["scratch", "ppkt", "ponderv2", "condense"], min_length=1,
+        ["scratch", "ppkt", "ponderv2", "condense", "ppt"], min_length=1,
         description="Methods to compare, by their names in pretrain3d.methods.registry. scratch: no pre-training; "
         "ppkt: pixel-to-point distillation; ponderv2: neural-rendering pre-training on RGB-D only (label-free); "
         "ponderv2_semantic: the same plus the semantic rendering loss, which uses ground-truth labels (tagged "
-        "uses_gt_labels=true); condense: joint 2D/3D training by rendered-feature consistency (a reconstruction).")
+        "uses_gt_labels=true); condense: joint 2D/3D training by rendered-feature consistency (a reconstruction); "
+        "ppt: Point Prompt Training supervised on the other datasets (multi_dataset), tagged uses_gt_labels=true.")
     pretrain_only: list[str] = Field(
-        ["ponderv2_semantic"], description="Methods pre-trained once (first seed) for inspection only -- MLflow run, "
-        "held-out render in the report -- but not fine-tuned or compared. Default: PonderV2's +semantic variant, "
-        "which uses ground-truth labels, beside the label-free one that the benchmark compares.")
+        ["ponderv2_semantic", "ponderv2_ppt"], description="Methods pre-trained once (first seed) for inspection "
+        "only -- MLflow run, held-out render in the report -- but not fine-tuned or compared. Default: PonderV2's "
+        "+semantic variant and PonderV2 + PPT, which use the target's ground-truth labels, beside the label-free "
+        "one that the benchmark compares.")
 
     @field_validator("methods", "pretrain_only")
     @classmethod
@@ -504,6 +506,18 @@ class ImportedConfig(_Strict):
                                  "rendering loss on labels. A checkpoint cannot prove it did not, hence true.")
 
 
+class PonderV2PPTConfig(_Strict):
+    """PonderV2 + PPT (methods/ponderv2_ppt.py): rendering over several datasets, PDNorm, ppt_loss added."""
+
+    datasets: list[str] = Field(["ScanNet", "S3DIS", "Structured3D"], min_length=1,
+                                description="Prompt names it renders and classifies (PonderV2: ScanNet, S3DIS, "
+                                "Structured3D). Every one needs RGB-D frames and labels.")
+    ppt_weight: float = Field(1.0, ge=0, description="Weight of PPT's cross-entropy beside the rendering loss "
+                              "(PonderV2's config: 1.0, though its code never adds the term).")
+    export_condition: str | None = Field(None, description="The PDNorm condition folded for fine-tuning; null: "
+                                         "multi_dataset.target if trained on, else the first dataset.")
+
+
 class PretrainConfig(OptimConfig):
     epochs: int = Field(8, ge=1, description="Pre-training epochs; 8 keeps the README run (scratch, PPKT and PonderV2 "
                         "x 3 seeds, plus one PonderV2+semantic run) under 15 minutes on 2 CPU cores.")
@@ -512,6 +526,7 @@ class PretrainConfig(OptimConfig):
     ponderv2: PonderV2Config = PonderV2Config()
     condense: CondenseConfig = CondenseConfig()
     ppt: PPTConfig = PPTConfig()
+    ponderv2_ppt: PonderV2PPTConfig = PonderV2PPTConfig()
     imported: ImportedConfig = ImportedConfig()
 
 
@@ -579,12 +594,24 @@ class QueriesConfig(_Strict):
         return v
 
 
+def _embedded_domains() -> dict[str, "DataConfig"]:
+    """The default other datasets: the generator's S3DIS-like and Structured3D-like domains."""
+    def domain(name, k, seed):
+        return DataConfig(dataset="synthetic", raw_root=f"data/raw/synthetic-{name}",
+                          processed_root=f"data/processed/synthetic-{name}", num_classes=k,
+                          synthetic=SyntheticConfig(domain=name, seed=seed, num_train=8, num_val=4, frames_per_scene=4,
+                                                    rescans=0))
+
+    return {"S3DIS": domain("s3dis", 13, 2027), "Structured3D": domain("structured3d", 25, 2028)}
+
+
 class MultiDatasetConfig(_Strict):
     """Datasets beside `data` for multi-dataset training (PPT). Each is a full `data` section under its
     prompt name (PDNorm condition), with its own raw and processed roots."""
 
     target: str = Field("ScanNet", description="The prompt name of `data` (the main benchmark's dataset).")
-    datasets: dict[str, DataConfig] = Field({}, description="Other datasets by prompt name.")
+    datasets: dict[str, DataConfig] = Field(default_factory=lambda: _embedded_domains(),
+                                            description="Other datasets by prompt name.")
     loops: dict[str, int] = Field({}, description="Passes over each dataset per epoch (its sampling ratio; default 1).")
     # how a multi-dataset model is conditioned and classifies (pretrain.ppt and ppt_study read these)
     decouple: bool = Field(True, description="PDNorm: BatchNorm statistics and affine per dataset.")
@@ -621,11 +648,14 @@ class PPTStudyConfig(_Strict):
     single-dataset training vs naive joint training vs PPT vs PPT with decoupled heads."""
 
     enabled: bool = Field(True, description="Runs when multi_dataset.datasets is not empty.")
-    variants: list[Literal["single", "joint", "ppt", "ppt_decoupled"]] = Field(
-        ["single", "joint", "ppt", "ppt_decoupled"], min_length=1,
-        description="single: one model per dataset (BN, linear head); joint: one model on all datasets, shared BN, "
+    variants: list[Literal["single", "single_language", "joint", "ppt", "ppt_decoupled"]] = Field(
+        ["single", "single_language", "joint", "ppt", "ppt_decoupled"], min_length=1,
+        description="single: one model per dataset (BN, linear head); single_language: the same with the "
+        "language-guided head (separates the head's effect from joint training's); joint: one model on all datasets, shared BN, "
         "one linear head over the union of class names; ppt: PDNorm + language-guided head (pretrain.ppt's PDNorm "
         "and text settings); ppt_decoupled: PDNorm + a linear head per dataset.")
+    datasets: list[str] | None = Field(None, description="Prompt names it compares on (multi_dataset.target and/or "
+                                       "multi_dataset.datasets); null: all of them.")
     epochs: int = Field(6, ge=1, description="Passes over each variant's training data (train.* optimiser, batch "
                         "size, augmentation); the joint variants see every dataset per epoch, as in PPT.")
 
@@ -671,17 +701,25 @@ class Params(_Strict):
         if unknown:
             raise ValueError(f"multi_dataset.loops names unknown datasets {unknown} (known: {md.names()})")
         ppt = self.pretrain.ppt
+        unknown = [d for d in (self.ppt_study.datasets or []) if d not in md.names()]
+        if unknown:
+            raise ValueError(f"ppt_study.datasets {unknown} are not multi_dataset.target or multi_dataset.datasets "
+                             f"({md.names()})")
         from pretrain3d.methods.registry import REGISTRY
 
         if not any("datasets" in REGISTRY[m].needs for m in self.experiment.methods + self.experiment.pretrain_only):
             return self  # the multi-dataset settings are only checked when a run reads them
-        unknown = [d for d in ppt.datasets if d not in md.names()]
-        if unknown:
-            raise ValueError(f"pretrain.ppt.datasets {unknown} are not multi_dataset.target or multi_dataset.datasets "
-                             f"({md.names()})")
-        if ppt.export_condition is not None and ppt.export_condition not in ppt.datasets:
-            raise ValueError(f"pretrain.ppt.export_condition {ppt.export_condition!r} is not one of "
-                             f"pretrain.ppt.datasets {ppt.datasets}")
+        selected = set(self.experiment.methods + self.experiment.pretrain_only)
+        for key, section in (("ppt", ppt), ("ponderv2_ppt", self.pretrain.ponderv2_ppt)):
+            if key not in selected:
+                continue
+            unknown = [d for d in section.datasets if d not in md.names()]
+            if unknown:
+                raise ValueError(f"pretrain.{key}.datasets {unknown} are not multi_dataset.target or "
+                                 f"multi_dataset.datasets ({md.names()})")
+            if section.export_condition is not None and section.export_condition not in section.datasets:
+                raise ValueError(f"pretrain.{key}.export_condition {section.export_condition!r} is not one of "
+                                 f"pretrain.{key}.datasets {section.datasets}")
         return self
 
 

@@ -89,10 +89,11 @@ class MultiDataset(Dataset):
         return sample
 
 
-def multi_collate(batch: Sequence[dict]) -> dict:
+def multi_collate(batch: Sequence[dict], inner=collate) -> dict:
+    """``inner`` (the single-dataset collate) over the samples, plus the batch's one ``condition``."""
     names = {b["condition"] for b in batch}
     if len(names) != 1:
         raise ValueError(f"a batch mixes datasets {sorted(names)} (PDNorm needs one condition per batch)")
-    out = collate([{k: v for k, v in b.items() if k != "condition"} for b in batch])
+    out = inner([{k: v for k, v in b.items() if k != "condition"} for b in batch])
     out["condition"] = batch[0]["condition"]
     return out

@@ -132,22 +132,24 @@ class PonderDataset(Dataset):
     ``cfg`` is ``config.PretrainConfig``; ``semantic`` adds labels; ``debug`` adds ``points_unit``
     (every augmented scene point in the unit cube, before voxelisation)."""
 
-    def __init__(self, scenes: Sequence, cfg, grid_size: float, *, semantic: bool = False, debug: bool = False):
+    def __init__(self, scenes: Sequence, cfg, grid_size: float, *, semantic: bool = False, debug: bool = False,
+                 voxel_labels: bool = False, pc=None):
         from pretrain3d.data.scene import ProcessedScene, load_processed_scene
 
         self.scenes = [s if isinstance(s, ProcessedScene) else load_processed_scene(s, load_frames=True)
                        for s in scenes]
         self.cfg = cfg
-        self.pc = cfg.ponderv2
+        self.pc = pc or cfg.ponderv2
         self.grid_size = float(grid_size)
         self.semantic = semantic
+        self.voxel_labels = voxel_labels  # a per-voxel ``segment`` (a supervised head beside the renderer)
         self.debug = debug
         self._trees: dict[str, object] = {}
         for s in self.scenes:
             if s.frames is None or len(s.frames) == 0:
                 raise DataError(s.path or s.scene_id, "scene has no RGB-D frames (frames.json)",
                                 "PonderV2 renders the scene's posed RGB-D views")
-            if semantic and s.segment is None:
+            if (semantic or voxel_labels) and s.segment is None:
                 raise DataError(s.path or s.scene_id, "scene has no labels",
                                 "ponderv2_semantic needs per-point labels; use ponderv2 (label-free)")
 
@@ -203,6 +205,8 @@ class PonderDataset(Dataset):
         sample = {"coord": np.asarray(scene.coord, np.float64).copy(),
                   "color": np.asarray(scene.color, np.float64).copy(),
                   "normal": np.asarray(scene.normal, np.float64).copy()}
+        if self.voxel_labels:
+            sample["segment"] = np.asarray(scene.segment, np.int64).copy()
         if self.pc.input_dropout > 0:
             keep = rng.random(len(sample["coord"])) >= self.pc.input_dropout
             if keep.sum() < 16:
@@ -235,6 +239,8 @@ class PonderDataset(Dataset):
             "transform": torch.tensor(M[None], dtype=torch.float64),
             "scene_id": scene.scene_id,
         }
+        if self.voxel_labels:
+            out["segment"] = torch.from_numpy(np.ascontiguousarray(v["segment"], dtype=np.int64))
         if self.debug:  # augmented points (before voxelisation) -> unit cube: M after undoing the augmentation
             U = M @ np.linalg.inv(s["transform"])
             out["points_unit"] = points_aug @ U[:3, :3].T + U[:3, 3]
@@ -271,8 +277,9 @@ class PonderV2Model(nn.Module):
         else:
             self.text_embeddings = None
 
-    def volumes(self, batch: dict) -> torch.Tensor:
-        feats = self.backbone(batch)
+    def volumes(self, batch: dict, feats: torch.Tensor | None = None) -> torch.Tensor:
+        """The sample volumes from the backbone's point features (computed here unless given)."""
+        feats = self.backbone(batch) if feats is None else feats
         box = batch["box"]
         vol = scatter_mean_volume(feats, batch["coord_unit"], batch["voxel_sample"], box[:, 0], box[:, 1],
                                   self.cfg.volume_resolution)

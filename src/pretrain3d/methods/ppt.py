@@ -205,7 +205,8 @@ def build(cfg, method: str, scenes: Sequence):
         tags={"datasets": ",".join(names), "head": pc.head, "pdnorm": str(pc.pdnorm).lower(),
               "export_condition": fold_to, "gt_labels_in": "pretraining:" + ",".join(names)},
         fingerprint={"datasets_data": hashes, "loops": loops},
-        checkpoint={"ppt": meta}, save_extras=save_extras, summary={"ppt": meta, "datasets_scenes": sizes},
+        checkpoint={"ppt": meta, "datasets": names}, save_extras=save_extras,
+        summary={"ppt": meta, "datasets_scenes": sizes},
         batches=batches, steps_per_epoch=MultiDatasetBatches.num_batches(sizes, bs, loops),
         export_backbone=export_backbone)
 

@@ -68,6 +68,11 @@ REGISTRY: dict[str, MethodSpec] = {s.name: s for s in [
                ("pretrain.ppt", "multi_dataset"), uses_gt_labels=True,
                description="Point Prompt Training: supervised on several datasets with PDNorm and language-guided "
                            "categorical alignment, folded to one dataset (Wu et al., arXiv 2308.09718)"),
+    MethodSpec("ponderv2_ppt", "pretrain3d.methods.ponderv2_ppt", frozenset({"scenes", "frames", "labels", "datasets"}),
+               ("pretrain.ponderv2", "pretrain.ponderv2_ppt", "multi_dataset"), uses_gt_labels=True,
+               exclude=_PONDER_EXCLUDE, check_only=("pretrain.ponderv2.real_check_steps",),
+               description="PonderV2's rendering pre-training over several datasets with PDNorm, PPT's loss "
+                           "added (uses ground-truth labels)"),
     MethodSpec("condense", "pretrain3d.methods.condense", frozenset({"scenes", "frames"}), ("pretrain.condense", "teacher"),
                exclude=("pretrain.condense.render_chunk", "teacher.batch_size", "teacher.cache_root"),
                check_only=("pretrain.condense.real_check_steps",),

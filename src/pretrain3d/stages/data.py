@@ -14,7 +14,7 @@ from pretrain3d.tracking.mlflow_runs import job_run
 log = logging.getLogger(__name__)
 
 
-def generate(cfg: Params) -> Path:
+def generate(cfg: Params, run_name: str = "generate") -> Path:
     """Procedural rooms → raw ScanNet-like layout at data.raw_root (written atomically)."""
     from pretrain3d.data.synthetic import generate_dataset
 
@@ -23,7 +23,7 @@ def generate(cfg: Params) -> Path:
     s = cfg.data.synthetic
     out = Path(cfg.data.raw_root)
     t0 = time.perf_counter()
-    with job_run(cfg.tracking, "generate", job_tags(cfg, "generate"), job_params(cfg)) as run:
+    with job_run(cfg.tracking, run_name, job_tags(cfg, "generate"), job_params(cfg)) as run:
         with atomic_dir(out) as tmp:
             generate_dataset(tmp, num_train=s.num_train, num_val=s.num_val, seed=s.seed,
                              frames_per_scene=s.frames_per_scene, width=s.image_width, height=s.image_height,
@@ -36,7 +36,7 @@ def generate(cfg: Params) -> Path:
 
 
 def preprocess(cfg: Params, dataset: str | None = None, raw_root: str | None = None,
-               out_root: str | None = None, scenes: list[str] | None = None) -> Path:
+               out_root: str | None = None, scenes: list[str] | None = None, run_name: str = "preprocess") -> Path:
     """Raw scenes of ``dataset`` (default data.dataset) → processed-scene contract.
 
     Without ``out_root`` the output is data.processed_root, replaced as a whole atomically (the
@@ -47,7 +47,7 @@ def preprocess(cfg: Params, dataset: str | None = None, raw_root: str | None = N
     raw = Path(raw_root or cfg.data.raw_root)
     out = Path(out_root or cfg.data.processed_root)
     t0 = time.perf_counter()
-    with job_run(cfg.tracking, "preprocess", job_tags(cfg, "preprocess", dataset=dataset), job_params(cfg)) as run:
+    with job_run(cfg.tracking, run_name, job_tags(cfg, "preprocess", dataset=dataset), job_params(cfg)) as run:
         if out_root is not None:
             out.mkdir(parents=True, exist_ok=True)
             manifest = _ingest(cfg, dataset, raw, out, scenes, merge=True)
@@ -69,8 +69,8 @@ def dataset_data(cfg: Params, name: str) -> Path:
         raise ValueError(f"unknown dataset {name!r}: multi_dataset.datasets has {sorted(md.datasets)}")
     sub = cfg.model_copy(update={"data": md.datasets[name]})
     if sub.data.dataset == "synthetic":
-        generate(sub)
-    return preprocess(sub)
+        generate(sub, run_name=f"generate-{name}")
+    return preprocess(sub, run_name=f"preprocess-{name}")
 
 
 def _ingest(cfg: Params, dataset: str, raw: Path, out: Path, scenes: list[str] | None, merge: bool) -> dict:

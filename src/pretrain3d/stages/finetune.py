@@ -128,6 +128,7 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
 
     model = build_segmentor(cfg.model, nc)
     uses_gt_labels = "false"
+    pretrain_datasets = "none"
     if init_backbone:
         ck = load_checkpoint(init_backbone)
         if ck.get("kind") != "backbone":
@@ -135,6 +136,9 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
         check_backbone_architecture(ck.get("architecture"), cfg.model, init_backbone)
         load_state_strict(model.backbone, ck["backbone"], init_backbone)
         uses_gt_labels = str(ck.get("uses_gt_labels", False)).lower()
+        # the datasets its pre-training saw (multi-dataset methods record them; others saw the target's train split)
+        seen = ck.get("datasets", [cfg.multi_dataset.target])
+        pretrain_datasets = ",".join(seen) if seen else "none"
         log.info("initialised the backbone from %s (%s, seed %s)", init_backbone, ck.get("method"), ck.get("seed"))
     if protocol == "probe":
         model.freeze_backbone()
@@ -155,7 +159,8 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
 
     # uses_gt_labels: whether the *pre-training* saw ground-truth labels (fine-tuning always does).
     tags = job_tags(cfg, "finetune", method=method, seed=seed, protocol=protocol, uses_gt_labels=uses_gt_labels,
-                    init_backbone=init_backbone or "none", train_scenes=len(train_scenes),
+                    init_backbone=init_backbone or "none", pretrain_datasets=pretrain_datasets,
+                    train_scenes=len(train_scenes),
                     labelled_points=int(sum(int((s.segment >= 0).sum()) for s in train_scenes)))
     fingerprint = run_fingerprint(cfg, method, seed, init_backbone, protocol)
     t0 = time.perf_counter()

@@ -35,7 +35,7 @@ def _save(out: Path, backbone, seed: int, fingerprint: str, cfg: Params) -> None
     save_checkpoint(out, {
         "format": 1, "kind": "backbone", "backbone": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
         "method": "scratch", "seed": seed, "fingerprint": fingerprint, "config_hash": config_hash(cfg),
-        "uses_gt_labels": False, "teacher": None})
+        "uses_gt_labels": False, "teacher": None, "datasets": []})
 
 
 def build_backbone_file(cfg: Params, method: str, seed: int, out_dir: str | Path) -> Path:

@@ -12,7 +12,7 @@ import math
 import statistics
 from pathlib import Path
 
-COLUMNS = ("single", "joint", "ppt", "ppt_decoupled")
+COLUMNS = ("single", "single_language", "joint", "ppt", "ppt_decoupled")
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -54,7 +54,7 @@ def study_section(files: list[str | Path]) -> tuple[str, dict]:
     lines = ["## Several datasets (PPT)", "",
              "Val mIoU (%) per dataset, mean ± std over seeds; in brackets the difference from single-dataset "
              "training paired by seed (mean ± s.e.), ⚠ = negative transfer (below zero by more than its s.e.). "
-             "single: one model per dataset; joint: shared BatchNorm, one head over the union of class names; "
+             "single: one model per dataset; single_language: the same with the language-guided head; joint: shared BatchNorm, one head over the union of class names; "
              "ppt: PDNorm + language-guided alignment; ppt_decoupled: PDNorm + a head per dataset. "
              "All variants are supervised (uses_gt_labels=true).", "",
              "| dataset | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]

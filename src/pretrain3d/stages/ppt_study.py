@@ -1,7 +1,8 @@
 """The multi-dataset experiment of the PPT paper, on the `multi_dataset` datasets (step ``ppt_study``).
 
 One job per (variant, seed); a variant is ``single-<dataset>`` (one model on that dataset alone: shared
-BatchNorm, a linear head), ``joint`` (one model on every dataset: shared BatchNorm, one linear head over
+BatchNorm, a linear head), ``single_language-<dataset>`` (the same with the language-guided head: the
+control that separates the head's effect from joint training's), ``joint`` (one model on every dataset: shared BatchNorm, one linear head over
 the union of class names, so differently named classes are negatives of each other), ``ppt`` (PDNorm
 + language-guided categorical alignment) or ``ppt_decoupled`` (PDNorm + a linear head per dataset).
 Every variant trains ``ppt_study.epochs`` passes over its data with fine-tuning's optimiser, batch size
@@ -30,24 +31,23 @@ from pretrain3d.methods.ppt import (ConditionedSegmentor, build_ppt_model, class
                                    multi_train_dataset, ppt_loss)
 from pretrain3d.stages.common import job_params, job_tags
 from pretrain3d.tracking.mlflow_runs import job_run
+from pretrain3d.workflow.steps import study_datasets
 
 log = logging.getLogger(__name__)
 
 # variant -> (head, PDNorm); single-<dataset> is single
-VARIANTS = {"single": ("decoupled", False), "joint": ("joint", False), "ppt": ("language", True),
+VARIANTS = {"single": ("decoupled", False), "single_language": ("language", False), "joint": ("joint", False), "ppt": ("language", True),
             "ppt_decoupled": ("decoupled", True)}
-
-
-def study_datasets(cfg: Params) -> list[str]:
-    return cfg.multi_dataset.names()
 
 
 def parse_variant(cfg: Params, variant: str) -> tuple[str, list[str], str, bool]:
     """(kind, datasets, head, pdnorm) of a job name."""
     kind, _, dataset = variant.partition("-")
-    if kind not in VARIANTS or (kind == "single") != bool(dataset):
-        raise ValueError(f"unknown ppt_study variant {variant!r} (single-<dataset> | joint | ppt | ppt_decoupled)")
-    names = [dataset] if kind == "single" else study_datasets(cfg)
+    single = kind.startswith("single")
+    if kind not in VARIANTS or single != bool(dataset):
+        raise ValueError(f"unknown ppt_study variant {variant!r} (single-<dataset> | single_language-<dataset> | "
+                         "joint | ppt | ppt_decoupled)")
+    names = [dataset] if single else study_datasets(cfg)
     unknown = [d for d in names if d not in study_datasets(cfg)]
     if unknown:
         raise ValueError(f"ppt_study variant {variant!r}: unknown dataset {unknown[0]!r} ({study_datasets(cfg)})")

@@ -48,11 +48,13 @@ def method_modules(method: str) -> tuple[str, ...]:
     return (s.stage, *_modules(s.plugin), *_modules(s.after_training))
 
 
-def dataset_provides(cfg: Params) -> set[str]:
-    """What a dataset's processed layout holds: RGB-D frames only where the reader exports them."""
-    ds = cfg.data.dataset
+def dataset_provides(cfg: Params, data=None) -> set[str]:
+    """What a dataset's processed layout holds (``data``: a `data`-style section, default cfg.data): RGB-D
+    frames only where the reader exports them."""
+    data = data or cfg.data
+    ds = data.dataset
     provides = {"scenes", "labels", "features"}
-    if ds in ("synthetic", "scannet_like") or (ds == "scannet" and cfg.data.scannet.export_frames):
+    if ds in ("synthetic", "scannet_like") or (ds == "scannet" and data.scannet.export_frames):
         provides.add("frames")
     if "frames" not in provides:
         provides.discard("features")  # the 2D feature cache is computed from the frames
@@ -139,8 +141,13 @@ def study_variants(cfg: Params) -> list[str]:
         return []
     out: list[str] = []
     for v in cfg.ppt_study.variants:
-        out += [f"single-{d}" for d in cfg.multi_dataset.names()] if v == "single" else [v]
+        out += [f"{v}-{d}" for d in study_datasets(cfg)] if v.startswith("single") else [v]
     return out
+
+
+def study_datasets(cfg: Params) -> list[str]:
+    """The datasets of the ppt_study step (ppt_study.datasets, default: every multi_dataset name)."""
+    return list(cfg.ppt_study.datasets or cfg.multi_dataset.names())
 
 
 def study_dir(cfg: Params, w: Wildcards) -> str:
@@ -152,12 +159,14 @@ def study_jobs(cfg: Params) -> list[Wildcards]:
 
 
 def _study_inputs(cfg: Params, w: Wildcards) -> dict[str, Any]:
-    return {"data": cfg.data.processed_root, "datasets": [dataset_root(cfg, d) for d in cfg.multi_dataset.datasets]}
+    return {"data": cfg.data.processed_root,
+            "datasets": [dataset_root(cfg, d) for d in study_datasets(cfg) if d in cfg.multi_dataset.datasets]}
 
 
 def extra_datasets(cfg: Params) -> list[str]:
     """The multi_dataset.datasets some selected method trains on (registry need ``datasets``)."""
-    wanted: list[str] = list(cfg.multi_dataset.datasets) if study_variants(cfg) else []
+    wanted: list[str] = [d for d in study_datasets(cfg) if d in cfg.multi_dataset.datasets] \
+        if study_variants(cfg) else []
     for m in pretrained_methods(cfg):
         if "datasets" in needs(m):
             wanted += [d for d in _method_datasets(cfg, m) if d in cfg.multi_dataset.datasets]
@@ -482,12 +491,25 @@ def check_runnable(cfg: Params, source: str = "the config") -> None:
         if unknown:
             raise WorkflowConfigError(f"{source}: method {m!r} trains on {unknown}, which are neither "
                                       f"multi_dataset.target nor in multi_dataset.datasets ({cfg.multi_dataset.names()})")
+        for d in (_method_datasets(cfg, m) if "datasets" in needs(m) else []):
+            if d in cfg.multi_dataset.datasets:
+                lacking = (needs(m) - {"datasets"}) - dataset_provides(cfg, cfg.multi_dataset.datasets[d])
+                if lacking:
+                    raise WorkflowConfigError(f"{source}: method {m!r} needs {sorted(lacking)} from every dataset "
+                                              f"it trains on, which multi_dataset.datasets.{d} "
+                                              f"({cfg.multi_dataset.datasets[d].dataset}) does not provide")
         missing = needs(m) - provides
         if missing:
             where = "experiment.methods" if m in cfg.experiment.methods else "experiment.pretrain_only"
             raise WorkflowConfigError(
                 f"{source}: {where} lists {m!r}, which needs {sorted(missing)} that data.dataset "
                 f"{cfg.data.dataset!r} does not provide (no RGB-D frames in this layout); remove it from {where}")
+    for name in extra_datasets(cfg):
+        d = cfg.multi_dataset.datasets[name]
+        if d.dataset != "synthetic" and not Path(d.raw_root).exists():
+            raise WorkflowConfigError(
+                f"{source}: multi_dataset.datasets.{name}.raw_root {d.raw_root} does not exist: put the {d.dataset} "
+                f"release there or point raw_root at your copy (downloads run for `data` only)")
     raw = Path(cfg.data.raw_root)
     if cfg.data.dataset != "synthetic" and not cfg.data.download.enabled and not raw.exists():
         raise WorkflowConfigError(
