@@ -203,3 +203,20 @@ def test_ponderv2_ppt_renders_over_two_datasets_with_the_ppt_loss_in_the_loss(tm
     torch.manual_seed(0)
     without, _ = setup.model.loss(batch)
     assert float(with_ppt - without) == pytest.approx(logs["loss_ppt"], rel=1e-4) and logs["loss_ppt"] > 0
+
+
+def test_ppt_pretraining_resumed_after_a_crash_equals_an_uninterrupted_run(tmp_path, one_torch_thread):
+    from pretrain3d.engine.trainer import load_checkpoint
+    from pretrain3d.stages.pretrain import pretrain
+
+    _fake_dataset(tmp_path / "scannet", "sc", 20, 2, 0, 1.0)
+    _fake_dataset(tmp_path / "s3dis", "s3", 13, 2, 1, 1.5)
+    cfg = _ppt_config(tmp_path, "decoupled")
+    pretrain(cfg, "ppt", 0, tmp_path / "a", progress=False)
+    with pytest.raises(SystemExit, match="simulated crash"):
+        pretrain(cfg, "ppt", 0, tmp_path / "b", progress=False, crash_after_steps=5)  # mid-epoch 1 of 2
+    resumed = pretrain(cfg, "ppt", 0, tmp_path / "b", progress=False)
+    assert resumed["steps_this_process"] < resumed["steps"]
+    a, b = (load_checkpoint(tmp_path / d / "backbone.pt") for d in ("a", "b"))
+    for key in ("backbone", "multi_dataset_backbone", "ppt_head"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key

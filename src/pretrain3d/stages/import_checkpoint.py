@@ -78,6 +78,8 @@ def backbone_file(res: ImportResult, source: dict, *, method: str = "imported", 
     return {"format": BACKBONE_FORMAT, "kind": "backbone", "backbone": res.backbone, "method": method, "seed": seed,
             "fingerprint": fingerprint, "config_hash": cfg_hash, "uses_gt_labels": bool(uses_gt_labels),
             "teacher": None, "architecture": res.architecture, "source": source, "heads": res.heads,
+            # what its training saw cannot be read from the tensors: the PDNorm conditions where there are some
+            "datasets": list(source["conditions"] or ["unknown (imported)"]),
             "dropped": res.dropped, "notes": res.notes}
 
 
