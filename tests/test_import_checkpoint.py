@@ -27,8 +27,9 @@ from pretrain3d.models.spunet import SpUNet
 
 ARCH = dict(in_channels=6, stem_channels=8, channels=(8, 16, 16, 16, 16, 16, 16, 12), layers=(1, 2, 1, 1, 1, 1, 1, 2))
 MODEL_CFG = {"stem_channels": 8, "channels": list(ARCH["channels"]), "layers": list(ARCH["layers"])}
-MIRROR = Path(os.environ.get("POINTCEPT_SRC", "/work/.mirror/Pointcept+Pointcept/repo"))
-PONDER_MIRROR = Path(os.environ.get("PONDERV2_SRC", "/work/.mirror/OpenGVLab+PonderV2/repo"))
+# Source mirrors (git dirs) beside the repository, or where POINTCEPT_SRC / PONDERV2_SRC point
+MIRROR = Path(os.environ.get("POINTCEPT_SRC", REPO.parent / ".mirror" / "Pointcept+Pointcept" / "repo"))
+PONDER_MIRROR = Path(os.environ.get("PONDERV2_SRC", REPO.parent / ".mirror" / "OpenGVLab+PonderV2" / "repo"))
 
 
 def _randomize(model: torch.nn.Module, seed: int) -> None:

@@ -64,8 +64,8 @@ def build(cfg, method: str, scenes: Sequence):
     from pretrain3d.data.scene import load_split_scenes
     from pretrain3d.methods.plugin import MethodSetup, head_state
     from pretrain3d.methods.ponderv2 import PonderDataset, PonderV2Model, ponder_collate
-    from pretrain3d.methods.ppt import build_ppt_model, dataset_config
-    from pretrain3d.models.pdnorm import fold_condition
+    from pretrain3d.methods.ppt import (build_ppt_model, dataset_config, export_condition, folded_backbone,
+                                        multi_dataset_extras)
     from pretrain3d.tracking.provenance import data_hash
 
     pc = cfg.pretrain.ponderv2_ppt
@@ -82,21 +82,7 @@ def build(cfg, method: str, scenes: Sequence):
     loops = {n: cfg.multi_dataset.loops.get(n, 1) for n in names}
     sizes = dataset.sizes()
     bs = cfg.pretrain.batch_size
-    fold_to = pc.export_condition or (cfg.multi_dataset.target if cfg.multi_dataset.target in names else names[0])
-
-    def export_backbone(m: PonderPPTModel) -> dict:
-        was = m.training
-        m.eval()
-        state = fold_condition(m.backbone, fold_to)
-        m.train(was)
-        return {k: v.detach().cpu() for k, v in state.items()}
-
-    def save_extras(m: PonderPPTModel) -> dict:
-        return {"multi_dataset_backbone": {k: v.detach().cpu() for k, v in m.backbone.state_dict().items()},
-                "pdnorm": m.backbone.norm_spec.as_dict(),
-                "renderer": head_state(m.ponder),
-                "ppt_head": {k: v.detach().cpu() for k, v in m.head.state_dict().items()},
-                "label_spaces": {n: list(c) for n, c in m.spaces.names.items()}}
+    fold_to = export_condition(cfg, pc)
 
     meta = {"datasets": names, "ppt_weight": pc.ppt_weight, "export_condition": fold_to}
     return MethodSetup(
@@ -104,7 +90,9 @@ def build(cfg, method: str, scenes: Sequence):
         tags={"datasets": ",".join(names), "ppt_weight": pc.ppt_weight, "export_condition": fold_to,
               "gt_labels_in": "ppt_loss:" + ",".join(names), "views": cfg.pretrain.ponderv2.views},
         fingerprint={"datasets_data": hashes, "loops": loops},
-        checkpoint={"ponderv2_ppt": meta, "teacher": None, "datasets": names}, save_extras=save_extras,
+        checkpoint={"ponderv2_ppt": meta, "teacher": None, "datasets": names},
+        save_extras=lambda m: {**multi_dataset_extras(m.backbone, m.head, m.spaces), "renderer": head_state(m.ponder)},
         summary={"ponderv2_ppt": meta, "datasets_scenes": sizes},
         batches=lambda seed, epoch, start: MultiDatasetBatches(sizes, bs, seed, epoch, loops, start=start),
-        steps_per_epoch=MultiDatasetBatches.num_batches(sizes, bs, loops), export_backbone=export_backbone)
+        steps_per_epoch=MultiDatasetBatches.num_batches(sizes, bs, loops),
+        export_backbone=lambda m: folded_backbone(m.backbone, fold_to))

@@ -159,11 +159,33 @@ def multi_train_dataset(cfg, names: Sequence[str], augment):
     return MultiDataset(datasets), hashes
 
 
-def export_condition(cfg) -> str:
-    pc = cfg.pretrain.ppt
-    if pc.export_condition:
-        return pc.export_condition
-    return cfg.multi_dataset.target if cfg.multi_dataset.target in pc.datasets else pc.datasets[0]
+def export_condition(cfg, section) -> str:
+    """The condition a multi-dataset backbone is folded to: ``section.export_condition``, else the target
+    when trained on, else the first dataset (``section``: pretrain.ppt or pretrain.ponderv2_ppt)."""
+    if section.export_condition:
+        return section.export_condition
+    return cfg.multi_dataset.target if cfg.multi_dataset.target in section.datasets else section.datasets[0]
+
+
+def folded_backbone(backbone: nn.Module, condition: str) -> dict:
+    """The state handed to fine-tuning: a PDNorm backbone folded to ``condition`` (in eval mode), or as is."""
+    from pretrain3d.models.pdnorm import fold_condition
+
+    if backbone.norm_spec is None:
+        return {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
+    was = backbone.training
+    backbone.eval()
+    state = fold_condition(backbone, condition)
+    backbone.train(was)
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
+def multi_dataset_extras(backbone: nn.Module, head: nn.Module, spaces: LabelSpaces) -> dict:
+    """What is saved beside the folded backbone: every condition, the head and its class names."""
+    return {"multi_dataset_backbone": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+            "pdnorm": backbone.norm_spec.as_dict() if backbone.norm_spec is not None else None,
+            "ppt_head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+            "label_spaces": {n: list(c) for n, c in spaces.names.items()}}
 
 
 def build(cfg, method: str, scenes: Sequence):
@@ -171,7 +193,6 @@ def build(cfg, method: str, scenes: Sequence):
     (the target's train split) is unused unless the target is one of pretrain.ppt.datasets."""
     from pretrain3d.data.multi_dataset import MultiDatasetBatches, multi_collate
     from pretrain3d.methods.plugin import MethodSetup
-    from pretrain3d.models.pdnorm import fold_condition
 
     pc = cfg.pretrain.ppt
     names = list(pc.datasets)
@@ -180,24 +201,10 @@ def build(cfg, method: str, scenes: Sequence):
     loops = {n: cfg.multi_dataset.loops.get(n, 1) for n in names}
     sizes = dataset.sizes()
     bs = cfg.pretrain.batch_size
-    fold_to = export_condition(cfg)
+    fold_to = export_condition(cfg, pc)
 
     def batches(seed: int, epoch: int, start_batch: int):
         return MultiDatasetBatches(sizes, bs, seed, epoch, loops, start=start_batch)
-
-    def export_backbone(m: PPTModel) -> dict:
-        was = m.training
-        m.eval()
-        state = fold_condition(m.backbone, fold_to) if m.backbone.norm_spec is not None \
-            else {k: v.detach().cpu().clone() for k, v in m.backbone.state_dict().items()}
-        m.train(was)
-        return {k: v.detach().cpu() for k, v in state.items()}
-
-    def save_extras(m: PPTModel) -> dict:
-        return {"multi_dataset_backbone": {k: v.detach().cpu() for k, v in m.backbone.state_dict().items()},
-                "pdnorm": m.backbone.norm_spec.as_dict() if m.backbone.norm_spec is not None else None,
-                "ppt_head": {k: v.detach().cpu() for k, v in m.head.state_dict().items()},
-                "label_spaces": {n: list(c) for n, c in m.spaces.names.items()}}
 
     meta = {"datasets": names, "head": pc.head, "pdnorm": pc.pdnorm, "export_condition": fold_to}
     return MethodSetup(
@@ -205,10 +212,11 @@ def build(cfg, method: str, scenes: Sequence):
         tags={"datasets": ",".join(names), "head": pc.head, "pdnorm": str(pc.pdnorm).lower(),
               "export_condition": fold_to, "gt_labels_in": "pretraining:" + ",".join(names)},
         fingerprint={"datasets_data": hashes, "loops": loops},
-        checkpoint={"ppt": meta, "datasets": names}, save_extras=save_extras,
+        checkpoint={"ppt": meta, "datasets": names},
+        save_extras=lambda m: multi_dataset_extras(m.backbone, m.head, m.spaces),
         summary={"ppt": meta, "datasets_scenes": sizes},
         batches=batches, steps_per_epoch=MultiDatasetBatches.num_batches(sizes, bs, loops),
-        export_backbone=export_backbone)
+        export_backbone=lambda m: folded_backbone(m.backbone, fold_to))
 
 
 def load_ppt_model(cfg, backbone_pt: str | Path, device="cpu") -> PPTModel:
