@@ -24,10 +24,14 @@ if os.environ.get("DVC_STAGE"):
 # would be a rerun trigger for every job, and the params below are the exact triggers.
 RESOLVED_CONFIG = f".pretrain3d/config-{config_hash(PARAMS)}.yaml"
 os.environ["PRETRAIN3D_CONFIG"] = RESOLVED_CONFIG
+# Every CLI job writes where its time went (startup, imports, tracking, data, compute; per step
+# data/forward/backward) here; scripts/profile_run.py prints the table.
+os.environ.setdefault("PRETRAIN3D_PROFILE_DIR", f"logs/{PARAMS.experiment.name}/profile")
 
 
 envvars:
     "PRETRAIN3D_CONFIG",
+    "PRETRAIN3D_PROFILE_DIR",
 
 
 RESULTS = W.results_dir(PARAMS)

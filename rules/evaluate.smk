@@ -1,4 +1,5 @@
-# Evaluation on every original point of the val split.
+# Evaluation on every original point of the val split: one job per method evaluates all its
+# fine-tuned models (every protocol and seed), each into its own run folder.
 
 
 rule evaluate:
@@ -9,14 +10,13 @@ rule evaluate:
     params:
         fields=step_params("evaluate"),
     log:
-        f"{LOGS}/evaluate/{{method}}-{{protocol}}-seed{{seed}}.log",
+        f"{LOGS}/evaluate/{{method}}.log",
     benchmark:
-        f"{BENCH}/evaluate/{{method}}-{{protocol}}-seed{{seed}}.tsv"
+        f"{BENCH}/evaluate/{{method}}.tsv"
     threads: PARAMS.train.threads
     priority: 5
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d evaluate --config $PRETRAIN3D_CONFIG --model {input.model} --method {wildcards.method}"
-        " --protocol {wildcards.protocol} --seed {wildcards.seed}"
-        " --out-dir $(dirname {output.metrics}) > {log} 2>&1"
+        "pretrain3d evaluate --config $PRETRAIN3D_CONFIG --method {wildcards.method} --model {input.models}"
+        " > {log} 2>&1"

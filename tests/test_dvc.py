@@ -93,7 +93,7 @@ def test_dvc_repro_metrics_and_experiment(tmp_path):
     exp = run([*dvc, "exp", "run", "-S", "train.lr=0.02"], wd)
     text = exp.stdout + exp.stderr
     assert "Running stage 'finetune-full@scratch-0'" in text
-    assert "Running stage 'evaluate@scratch-full-0'" in text
+    assert "Running stage 'evaluate@scratch'" in text
     for upstream in ("generate_synthetic", "preprocess", "pretrain-scratch@0"):
         assert f"Running stage '{upstream}'" not in text
     diff = run([*dvc, "metrics", "diff", "--all"], wd).stdout

@@ -176,7 +176,7 @@ def test_snakemake_then_dvc_then_changes(tmp_path):
     assert "recorded" in first.stderr and "DVC stage(s) in dvc.lock" in first.stderr
     n = len(ws.jobs())
     # generate, preprocess, features, pretrain, finetune, evaluate, scene queries (teacher, ppkt), refs, report
-    assert n == 1 + 1 + 1 + 2 + 4 + 4 + 2 + 1 + 1
+    assert n == 1 + 1 + 1 + 2 + 4 + 2 + 2 + 1 + 1  # evaluate: one job per method
     # DVC agrees at once, and repro trains nothing
     assert ws.dvc_changed() == set()
     repro = ws.dvc("repro")
@@ -185,12 +185,12 @@ def test_snakemake_then_dvc_then_changes(tmp_path):
 
     # a parameter that only fine-tuning reads: both tools rerun fine-tuning, evaluation, report
     ws.set_params(**{"train.lr": 0.02})
-    assert ws.planned() == {"finetune": 4, "evaluate": 4, "report": 1}
+    assert ws.planned() == {"finetune": 4, "evaluate": 2, "report": 1}
     changed = ws.dvc_changed()
     assert {c.split("@")[0] for c in changed} == {"finetune-la", "finetune-probe"}, changed
     ws.dvc("repro")
     ran = ws.jobs()
-    assert sorted({j.split()[0] for j in ran}) == ["evaluate", "finetune", "report"] and len(ran) == 9, ran
+    assert sorted({j.split()[0] for j in ran}) == ["evaluate", "finetune", "report"] and len(ran) == 7, ran
     assert ws.planned() == {} and ws.dvc_changed() == set()
 
     # parameters that cannot change any output rerun nothing, in either tool
@@ -199,7 +199,7 @@ def test_snakemake_then_dvc_then_changes(tmp_path):
 
     # a LA-only parameter does not rerun the probe
     ws.set_params(**{"protocols.la_points": 30})
-    assert ws.planned() == {"finetune": 2, "evaluate": 2, "report": 1}
+    assert ws.planned() == {"finetune": 2, "evaluate": 2, "report": 1}  # both methods' evaluate jobs
     ws.snakemake()
     ran = ws.jobs()
     assert all("protocol=probe" not in j for j in ran) and len(ran) == 5

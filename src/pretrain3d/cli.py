@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from pretrain3d import profiling
 from pretrain3d.config import IMPORT_FORMATS
 from pretrain3d.errors import Pretrain3DError
 from pretrain3d.methods.registry import REGISTRY, method_names
@@ -112,11 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a segmentation model on every val point")
     _add_config(p)
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, nargs="+",
+                   help="one model, or several of one method evaluated in one process (each into its own "
+                   "folder; protocol and seed read from each checkpoint)")
     p.add_argument("--method", required=True)
     p.add_argument("--protocol", default="full", choices=["full", "la", "lr", "probe"])
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--seed", type=int, default=None, help="required with one --model")
+    p.add_argument("--out-dir", default=None, help="required with one --model")
     p.add_argument("--export-dir", default=None,
                    help="also write the val predictions as ScanNet <scene>.txt files (NYU40 ids) into this folder")
 
@@ -204,15 +207,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    profiling.start()
     args = build_parser().parse_args(argv)
     from pretrain3d.stages.common import load, setup_logging
 
     setup_logging(args.verbose)
+    status = 1  # an exception that escapes
     try:
-        return _dispatch(args, load)
+        status = _dispatch(args, load)
+        return status
     except Pretrain3DError as err:
         print(f"pretrain3d {args.cmd}: error: {err}", file=sys.stderr)
-        return 2
+        status = 2
+        return status
+    finally:
+        profiling.write(args.cmd, _job_name(args), status)
+
+
+def _job_name(args) -> str:
+    """The job within its command, for the profile file: the wildcard-like arguments it got."""
+    parts = [str(getattr(args, k)) for k in ("method", "variant", "source", "protocol", "name", "dataset")
+             if getattr(args, k, None) not in (None, "")]
+    if getattr(args, "seed", None) is not None:
+        parts.append(f"seed{args.seed}")
+    return "-".join(parts)
 
 
 def _dispatch(args, load) -> int:
@@ -344,10 +362,18 @@ def _dispatch(args, load) -> int:
         finetune(cfg, args.method, args.seed, args.out_dir, init_backbone=args.init_backbone,
                  protocol=args.protocol, progress=not args.no_progress)
     elif args.cmd == "evaluate":
-        from pretrain3d.stages.evaluate import evaluate
+        from pretrain3d.stages.evaluate import evaluate, evaluate_models
 
-        evaluate(cfg, args.model, args.out_dir, args.method, args.seed, protocol=args.protocol,
-                 export_dir=args.export_dir)
+        if len(args.model) > 1:
+            if args.out_dir or args.export_dir or args.seed is not None:
+                raise SystemExit("pretrain3d evaluate: with several --model, each writes beside its model.pt; "
+                                 "--out-dir, --export-dir and --seed are for one model")
+            evaluate_models(cfg, args.model, args.method)
+        else:
+            if args.out_dir is None or args.seed is None:
+                raise SystemExit("pretrain3d evaluate: one --model needs --out-dir and --seed")
+            evaluate(cfg, args.model[0], args.out_dir, args.method, args.seed, protocol=args.protocol,
+                     export_dir=args.export_dir)
     elif args.cmd == "export-benchmark":
         from pretrain3d.stages.evaluate import export_benchmark
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from pretrain3d import profiling
 from pretrain3d.data import transforms as T
 from pretrain3d.data.scene import list_scenes, load_processed_scene
 from pretrain3d.errors import DataError
@@ -33,6 +34,11 @@ class SceneArrays:
 
 
 def load_split(processed_root: str | Path, split: str, num_classes: int) -> list[SceneArrays]:
+    with profiling.phase("data"):
+        return _load_split(processed_root, split, num_classes)
+
+
+def _load_split(processed_root: str | Path, split: str, num_classes: int) -> list[SceneArrays]:
     scenes = []
     for scene_dir in list_scenes(processed_root, split):
         s = load_processed_scene(scene_dir, num_classes=num_classes, load_frames=False)

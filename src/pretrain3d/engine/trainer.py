@@ -15,11 +15,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from tqdm.auto import tqdm
 
+from pretrain3d import profiling
 from pretrain3d.atomic import atomic_path
 from pretrain3d.errors import Pretrain3DError
 
@@ -33,7 +34,7 @@ class CheckpointError(Pretrain3DError):
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
+    with profiling.phase("checkpoint"), atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
@@ -43,7 +44,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with profiling.phase("checkpoint"):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated/corrupt files
         raise CheckpointError(f"{path}: cannot load checkpoint ({type(err).__name__}: {err})") from None
 
@@ -171,7 +173,14 @@ class Trainer:
         return {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
                 for k, v in batch.items()}
 
-    def _train_step(self, batch: dict) -> dict[str, float]:
+    def _sync(self) -> float:
+        """A timestamp after the device finished its queued work (the step split needs it on CUDA)."""
+        if self.device.type == "cuda" and profiling.active():
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _train_step(self, batch: dict, data_seconds: float = 0.0) -> dict[str, float]:
+        t0 = self._sync()
         self.model.train()
         batch = self._move(batch)
         ctx = torch.autocast("cuda", dtype=torch.float16) if self.use_amp else contextlib.nullcontext()
@@ -180,17 +189,31 @@ class Trainer:
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.state.global_step}; "
                                      f"lower train.lr or check the input data")
+        t1 = self._sync()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
+        t2 = self._sync()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         logs["loss"] = float(loss.detach())
         logs["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        profiling.add_step(data_seconds, t1 - t0, t2 - t1, self._sync() - t2)
         return logs
+
+    def _batches(self, epoch: int) -> Iterator[tuple[dict, float]]:
+        """The epoch's remaining batches, each with the seconds spent producing it (counted as data)."""
+        it = iter(self.make_loader(epoch, self.state.step_in_epoch))
+        while True:
+            t = time.perf_counter()
+            with profiling.phase("data"):
+                batch = next(it, None)
+            if batch is None:
+                return
+            yield batch, time.perf_counter() - t
 
     def fit(self) -> list[dict[str, float]]:
         self.try_resume()
@@ -202,8 +225,8 @@ class Trainer:
                 epoch = self.state.epoch
                 t0 = time.perf_counter()
                 sums = self.state.epoch_sums
-                for batch in self.make_loader(epoch, self.state.step_in_epoch):
-                    logs = self._train_step(batch)
+                for batch, data_seconds in self._batches(epoch):
+                    logs = self._train_step(batch, data_seconds)
                     for k, v in logs.items():
                         sums[k] = sums.get(k, 0.0) + v
                     self.state.step_in_epoch += 1

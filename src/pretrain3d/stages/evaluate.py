@@ -15,6 +15,7 @@ from pretrain3d.data.dataset import SceneArrays, load_split
 from pretrain3d.data.labels import dataset_palette
 from pretrain3d.data.scene import list_scenes, load_processed_scene
 from pretrain3d.engine.seed import resolve_device, seed_everything
+from pretrain3d.engine.trainer import CheckpointError, load_checkpoint
 from pretrain3d.errors import ConfigError, DataError
 from pretrain3d.evaluation import scannet_benchmark as sb
 from pretrain3d.evaluation.inference import predict_scenes, score_predictions
@@ -40,9 +41,28 @@ def _check_benchmark_classes(cfg: Params) -> None:
                           f"{cfg.data.num_classes}")
 
 
+def evaluate_models(cfg: Params, model_paths: list[str | Path], method: str) -> list[dict]:
+    """Evaluate several models of one method in one process (the workflow's evaluate job): the val
+    split is loaded once and each model's results go to its own folder (beside ``model.pt``), with
+    one MLflow run each, exactly as :func:`evaluate` writes them. Protocol and seed come from each
+    checkpoint; a checkpoint of another method is an error."""
+    scenes = load_split(cfg.data.processed_root, "val", cfg.data.num_classes)
+    results = []
+    for path in model_paths:
+        meta = load_checkpoint(path)
+        if meta.get("method") != method or meta.get("protocol") is None or meta.get("seed") is None:
+            raise CheckpointError(f"{path}: a segmentor of method {meta.get('method')!r} (protocol "
+                                  f"{meta.get('protocol')!r}, seed {meta.get('seed')!r}); expected method {method!r}")
+        results.append(evaluate(cfg, path, Path(path).parent, method, int(meta["seed"]), protocol=meta["protocol"],
+                                val_scenes=scenes))
+    return results
+
+
 def evaluate(cfg: Params, model_path: str | Path, out_dir: str | Path, method: str, seed: int,
-             protocol: str = "full", export_dir: str | Path | None = None) -> dict:
-    """``export_dir``: also write the val predictions as ScanNet ``<scene>.txt`` (NYU40 ids)."""
+             protocol: str = "full", export_dir: str | Path | None = None,
+             val_scenes: list[SceneArrays] | None = None) -> dict:
+    """``export_dir``: also write the val predictions as ScanNet ``<scene>.txt`` (NYU40 ids);
+    ``val_scenes``: the val split already loaded (several models evaluated in one process)."""
     out_dir = Path(out_dir)
     if export_dir is not None:
         _check_benchmark_classes(cfg)
@@ -52,7 +72,7 @@ def evaluate(cfg: Params, model_path: str | Path, out_dir: str | Path, method: s
     names = class_names(nc, cfg.data.dataset)
     t0 = time.perf_counter()
     model, ck = load_segmentor(cfg, model_path, device)
-    scenes = load_split(cfg.data.processed_root, "val", nc)
+    scenes = val_scenes if val_scenes is not None else load_split(cfg.data.processed_root, "val", nc)
     by_id = {s.scene_id: s for s in scenes}
     views = _tta_views(cfg)
     stats: dict = {}

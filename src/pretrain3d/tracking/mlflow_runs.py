@@ -14,7 +14,9 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from pretrain3d import profiling
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +161,10 @@ class JobRun:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.run_id is None:
             return
+        with profiling.phase("tracking"):
+            self._log_metrics(metrics, step)
+
+    def _log_metrics(self, metrics: dict[str, float], step: int | None) -> None:
         import mlflow
 
         clean = {k.replace("@", "_"): float(v) for k, v in metrics.items()
@@ -171,14 +177,32 @@ class JobRun:
             return
         import mlflow
 
-        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        with profiling.phase("tracking"):
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self.run_id is None:
             return
         import mlflow
 
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        with profiling.phase("tracking"):
+            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+class _TimedContext:
+    """Opens (``factory()`` + ``__enter__``) and closes a context, counting both as tracking time."""
+
+    def __init__(self, factory: Callable[[], Any]):
+        self.factory = factory
+
+    def __enter__(self):
+        with profiling.phase("tracking"):
+            self.cm = self.factory()
+            return self.cm.__enter__()
+
+    def __exit__(self, *exc):
+        with profiling.phase("tracking"):
+            return self.cm.__exit__(*exc)
 
 
 @contextlib.contextmanager
@@ -191,16 +215,21 @@ def job_run(tracking_cfg, run_name: str, tags: dict[str, str], params: dict[str,
     import mlflow
     from mlflow import MlflowClient
 
-    setup(tracking_cfg, root)
-    parent = os.environ.get(PARENT_ENV)
-    if parent is None and os.environ.get("DVC_STAGE"):
-        parent = find_or_start_dvc_parent(tracking_cfg, tags.get("pipeline_key", tags.get("config_hash", "")),
-                                          run_name=f"dvc-{tags.get('config_hash', '')}", tags=tags, root=root)
-    exp = mlflow.get_experiment_by_name(tracking_cfg.experiment)
-    with _sigterm_raises(), mlflow.start_run(run_name=run_name, experiment_id=exp.experiment_id,
-                                             parent_run_id=parent,
-                                             tags={**tags, "run_type": tags.get("run_type", "job")}) as run:
-        _log_params(MlflowClient(), run.info.run_id, params)
+    with profiling.phase("tracking"):
+        setup(tracking_cfg, root)
+        parent = os.environ.get(PARENT_ENV)
+        if parent is None and os.environ.get("DVC_STAGE"):
+            parent = find_or_start_dvc_parent(tracking_cfg, tags.get("pipeline_key", tags.get("config_hash", "")),
+                                              run_name=f"dvc-{tags.get('config_hash', '')}", tags=tags, root=root)
+        exp = mlflow.get_experiment_by_name(tracking_cfg.experiment)
+
+    def open_run():
+        return mlflow.start_run(run_name=run_name, experiment_id=exp.experiment_id, parent_run_id=parent,
+                                tags={**tags, "run_type": tags.get("run_type", "job")})
+
+    with _sigterm_raises(), _TimedContext(open_run) as run:
+        with profiling.phase("tracking"):
+            _log_params(MlflowClient(), run.info.run_id, params)
         try:
             yield JobRun(run.info.run_id)
         except Terminated:

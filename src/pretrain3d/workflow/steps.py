@@ -375,6 +375,18 @@ def _finetune_fields(cfg: Params, w: Wildcards) -> tuple[str, ...]:
     return ("model", "train", "data.num_classes") + per_protocol[w["protocol"]]
 
 
+def method_runs(cfg: Params, method: str) -> list[Wildcards]:
+    """The fine-tuning runs of one method: every protocol and seed."""
+    return [{"method": method, "protocol": p, "seed": str(sd)}
+            for p in cfg.experiment.protocols for sd in cfg.experiment.seeds]
+
+
+def _evaluate_outputs(cfg: Params, w: Wildcards) -> dict[str, str]:
+    return {f"{k}_{r['protocol']}_seed{r['seed']}": f"{run_dir(cfg, r)}/{k}.{ext}"
+            for r in method_runs(cfg, w["method"])
+            for k, ext in (("metrics", "json"), ("confusion", "png"), ("render", "png"))}
+
+
 def _report_inputs(cfg: Params, w: Wildcards) -> dict[str, Any]:
     e = cfg.experiment
     metrics = [f"{run_dir(cfg, {'method': m, 'protocol': p, 'seed': str(s)})}/metrics.json"
@@ -428,10 +440,11 @@ STEPS: dict[str, Step] = {s.name: s for s in [
          outputs=lambda cfg, w: {k: f"{run_dir(cfg, w)}/{f}" for k, f in
                                  (("model", "model.pt"), ("train_log", "train_log.json"), ("config", "config.yaml"))},
          fields=_finetune_fields, exclude=("train.threads", "train.num_workers", "train.val_every")),
-    Step("evaluate", "pretrain3d.stages.evaluate", ("method", "protocol", "seed"),
-         inputs=lambda cfg, w: {"data": cfg.data.processed_root, "model": f"{run_dir(cfg, w)}/model.pt"},
-         outputs=lambda cfg, w: {k: f"{run_dir(cfg, w)}/{k}.{ext}" for k, ext in
-                                 (("metrics", "json"), ("confusion", "png"), ("render", "png"))},
+    # one job per method evaluates all its fine-tuned models: the val split and the imports are paid once
+    Step("evaluate", "pretrain3d.stages.evaluate", ("method",),
+         inputs=lambda cfg, w: {"data": cfg.data.processed_root,
+                                "models": [f"{run_dir(cfg, r)}/model.pt" for r in method_runs(cfg, w["method"])]},
+         outputs=_evaluate_outputs,
          fields=lambda cfg, w: ("train.grid_size", "train.device", "eval", "data.num_classes")),
     Step("scene_queries", _query_modules, ("source", "seed"), dvc_group_by=("source",),
          inputs=_query_inputs,
