@@ -18,9 +18,8 @@ from pretrain3d.data.synthetic.render import _camera_path, _make_raycaster, defa
 from pretrain3d.data.synthetic.surface import _mesh_from_objects, _sample_surface
 
 
+# in every scene's seed (scene_seed) and generator.json (resume): changing it changes every scene
 GENERATOR_VERSION = 1
-
-
 # ~40-80k points for the default room-size range after hidden-surface culling.
 DEFAULT_POINTS_PER_M2 = 650.0
 

@@ -35,7 +35,7 @@ from pretrain3d.data.synthetic.primitives import B, _rz
 
 
 THEMES = ("bedroom", "living", "office", "kitchen", "bathroom")
-_THEME_P = (0.21, 0.21, 0.2, 0.19, 0.19)
+_THEME_P = (0.21, 0.21, 0.2, 0.19, 0.19)  # how often generate_scene draws each when no theme is given
 
 
 class _Layout:

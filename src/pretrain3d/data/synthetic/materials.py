@@ -11,10 +11,8 @@ from typing import Sequence
 import numpy as np
 
 
-_LIGHT = np.array([0.35, 0.55, 0.76]) / np.linalg.norm([0.35, 0.55, 0.76])
-
-
-_K_TERMS = 4
+_LIGHT = np.array([0.35, 0.55, 0.76]) / np.linalg.norm([0.35, 0.55, 0.76])  # direction of the fixed shade
+_K_TERMS = 4  # pattern terms per material
 _SINE, _STEP, _LINES, _CELL = 0, 1, 2, 3
 
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # annotations only: generator imports this module
     from pretrain3d.data.synthetic.generator import SyntheticScene
 
 
-MAX_DEPTH_M = 10.0
+MAX_DEPTH_M = 10.0  # metres: farther hits are written as no hit (depth 0)
 
 
 def _make_raycaster(vertices, triangles):

@@ -10,7 +10,7 @@ from pretrain3d.data.synthetic.materials import Material
 from pretrain3d.data.synthetic.objects import SceneObject
 
 
-_CULL_EPS = 1e-3
+_CULL_EPS = 1e-3  # metres: a sample this close to another solid counts as inside it
 
 
 def _mesh_from_objects(objects: list[SceneObject]):
