@@ -315,7 +315,7 @@ def test_write_is_atomic(tmp_path, scene, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(syn.np, "save", boom)
+    monkeypatch.setattr(np, "save", boom)
     with pytest.raises(RuntimeError):
         syn.write_raw_scene(tmp_path, "broken", scene)
     assert list((tmp_path / "scans").iterdir()) == []

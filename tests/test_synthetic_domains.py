@@ -26,7 +26,7 @@ from pretrain3d.data.labels import (  # noqa: E402
 from pretrain3d.data.s3dis import S3DIS_NAMES  # noqa: E402
 from pretrain3d.data.scannet_like import preprocess_scannet_like  # noqa: E402
 from pretrain3d.data.scene import load_processed_scene  # noqa: E402
-from pretrain3d.data.synthetic_domains import domain_spec  # noqa: E402
+from pretrain3d.data.synthetic.domains import domain_spec  # noqa: E402
 from pretrain3d.errors import ConfigError, DataError  # noqa: E402
 
 DOMAINS = ("scannet", "s3dis", "structured3d")

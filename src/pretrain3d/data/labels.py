@@ -10,6 +10,11 @@ the class names in label order, what the raw label files hold (``raw_set``) and 
 class i. ScanNet-like and Structured3D-like scenes carry NYU40 ids, as the real datasets do
 (Pointcept's Structured3D preprocessing keeps 25 NYU40 ids); S3DIS-like scenes carry the S3DIS
 class index + 1 (S3DIS has no NYU40 ids; 0 = unannotated, as with NYU40).
+
+This module imports no other project module at load time (``scannet200``'s table, which imports
+nothing itself, only on demand), so that every reader and writer of labels (``s3dis``, ``scene``,
+the generator) can import it without an import cycle: that is why S3DIS's class list lives here
+rather than in ``s3dis``.
 """
 
 from __future__ import annotations
@@ -122,6 +127,14 @@ STRUCTURED3D_NYU40_IDS: tuple[int, ...] = (
 )
 
 
+# ----------------------------------------------------------------------------- S3DIS
+# The 13 classes of Stanford3dDataset_v1.2, in label order (the S3DIS-like domain's raw id is index + 1).
+S3DIS_NAMES: tuple[str, ...] = (
+    "ceiling", "floor", "wall", "beam", "column", "window", "door",
+    "table", "chair", "sofa", "bookcase", "board", "clutter",
+)
+
+
 # ----------------------------------------------------------------------------- generator domains
 SYNTHETIC_DOMAINS: tuple[str, ...] = ("scannet", "s3dis", "structured3d")
 SYNTHETIC_DATASETS = ("synthetic", "scannet_like")  # the datasets whose scenes the generator makes
@@ -164,8 +177,6 @@ def label_space(domain: str) -> LabelSpace:
     if domain == "scannet":
         return LabelSpace("scannet", "scannet20", SCANNET20_NAMES, "nyu40", SCANNET20_NYU40_IDS, 40)
     if domain == "s3dis":
-        from pretrain3d.data.s3dis import S3DIS_NAMES  # lazy: s3dis imports scene, which imports this module
-
         return LabelSpace("s3dis", "s3dis13", tuple(S3DIS_NAMES), "s3dis",
                           tuple(range(1, len(S3DIS_NAMES) + 1)), len(S3DIS_NAMES))
     if domain == "structured3d":
@@ -203,8 +214,6 @@ def dataset_class_names(dataset: str, num_classes: int, domain: str | None = Non
             if label_space(d).num_classes == num_classes:
                 return list(label_space(d).names)
     if dataset == "s3dis" and num_classes == 13:
-        from pretrain3d.data.s3dis import S3DIS_NAMES
-
         return list(S3DIS_NAMES)
     if dataset in SCANNET200_DATASETS and num_classes == 200:
         from pretrain3d.data.scannet200 import SCANNET200_NAMES

@@ -28,16 +28,13 @@ from typing import Literal, Sequence
 import numpy as np
 
 from pretrain3d.atomic import atomic_dir, write_json
+from pretrain3d.data.labels import S3DIS_NAMES  # the class list lives with the other label tables
 from pretrain3d.data.parallel import remove_stale_temporaries, run_jobs
 from pretrain3d.data.scene import ProcessedScene, estimate_normals, hash_scenes, write_scene_files
 from pretrain3d.errors import DataError
 
 log = logging.getLogger(__name__)
 
-S3DIS_NAMES: tuple[str, ...] = (
-    "ceiling", "floor", "wall", "beam", "column", "window", "door",
-    "table", "chair", "sofa", "bookcase", "board", "clutter",
-)
 RELEASE_DIR = "Stanford3dDataset_v1.2_Aligned_Version"
 LinePolicy = Literal["repair", "skip", "error"]
 

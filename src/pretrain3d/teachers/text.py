@@ -10,7 +10,8 @@ Encoders (``build_text_encoder(name, weights=None)``)::
     clip_vit_l14   OpenAI CLIP ViT-L/14 text tower, 768-d (``openai/clip-vit-large-patch14``).
     clip           any Hugging Face CLIP text tower from a local ``weights`` directory/file.
 
-Every encoder maps a list of strings to L2-normalised float32 rows (``TextEncoder.encode``).
+Every encoder maps a list of strings to L2-normalised float32 rows (``TextEncoder.encode``, in
+``text_base``).
 
 ``class_embeddings(encoder, class_names, templates, cache_dir)`` fills every template with every
 class name (``"a photo of a {}."`` → ``"a photo of a chair."``), encodes them, averages each class's
@@ -24,7 +25,6 @@ cheap to rebuild), never silently trusted.
 
 from __future__ import annotations
 
-import abc
 import hashlib
 import json
 import logging
@@ -34,61 +34,18 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from pretrain3d.atomic import atomic_path, write_json
 from pretrain3d.errors import DataError
+from pretrain3d.teachers.text_base import TextEncoder  # the interface; importable from here as before
+from pretrain3d.teachers.text_bert import load_sentence_bert
+from pretrain3d.teachers.text_clip import load_clip_text
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TEXT_ENCODER = "minilm_l6_v2"
 DEFAULT_TEMPLATES: tuple[str, ...] = ("{}",)
 CACHE_FORMAT = 1  # bump when the cached arrays' meaning changes
-
-
-class TextEncoder(nn.Module, metaclass=abc.ABCMeta):
-    """A frozen text encoder: ``encode(texts)`` → (n, dim) float32, unit L2 norm per row.
-
-    Subclasses set ``name`` and ``dim`` and implement ``_encode_batch`` (tokenise + forward) and
-    ``identity`` (everything that changes the output, for cache keys)."""
-
-    name: str
-    dim: int
-    weights_source: str  # the package, file or hub repository the weights came from
-    max_batch: int = 256
-
-    @property
-    def device(self) -> torch.device:
-        for p in self.parameters():
-            return p.device
-        return torch.device("cpu")
-
-    @abc.abstractmethod
-    def _encode_batch(self, texts: list[str]) -> torch.Tensor:
-        """Unnormalised or normalised (len(texts), dim) embeddings, on ``self.device``."""
-
-    @abc.abstractmethod
-    def identity(self) -> dict:
-        """JSON-able description of everything that determines the embeddings."""
-
-    @torch.no_grad()  # not inference_mode: callers may use the rows as constants inside autograd
-    def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        if isinstance(texts, str):  # a bare string would be encoded character by character
-            raise TypeError("encode() takes a list of strings, not a single string")
-        texts = list(texts)
-        bad = [t for t in texts if not isinstance(t, str)]
-        if bad:
-            raise TypeError(f"encode() takes strings, got {type(bad[0]).__name__}: {bad[0]!r}")
-        if self.training:
-            self.eval()
-        if not texts:
-            return torch.zeros((0, self.dim), device=self.device)
-        rows = [self._encode_batch(texts[i:i + self.max_batch]) for i in range(0, len(texts), self.max_batch)]
-        out = torch.cat(rows).float()
-        return torch.nn.functional.normalize(out, dim=-1)
-
-    def extra_repr(self) -> str:
-        return f"name={self.name!r}, dim={self.dim}"
 
 
 # ------------------------------------------------------------------------------------ registry
@@ -127,12 +84,8 @@ def build_text_encoder(name: str = DEFAULT_TEXT_ENCODER, weights: str | Path | N
         raise ValueError(f"unknown text encoder {name!r}; valid names: {', '.join(TEXT_ENCODERS)}")
     spec = TEXT_ENCODERS[name]
     if spec.family == "bert":
-        from pretrain3d.teachers.text_bert import load_sentence_bert
-
         enc = load_sentence_bert(name, weights)
     else:
-        from pretrain3d.teachers.text_clip import load_clip_text
-
         enc = load_clip_text(name, weights, hub_repo=spec.hub_repo)
     if spec.dim is not None and enc.dim != spec.dim:
         raise DataError(Path(enc.weights_source), f"these weights give {enc.dim}-d embeddings, but {name} is "

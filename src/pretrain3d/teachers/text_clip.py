@@ -37,7 +37,7 @@ from torch import nn
 
 from pretrain3d.errors import DataError
 from pretrain3d.teachers.base import sha256_file
-from pretrain3d.teachers.text import TextEncoder
+from pretrain3d.teachers.text_base import TextEncoder
 from pretrain3d.teachers.text_bert import drop_position_ids, load_tokenizer, read_state_dict, resolve_model_files
 
 EOS_TOKEN = "<|endoftext|>"
