@@ -67,10 +67,14 @@ def test_step_split_and_written_record(prof, tmp_path):
     assert rec["status"] == 0 and rec["phases"]["startup"] >= 0
 
 
-def test_nothing_is_written_without_the_environment_variable(prof, monkeypatch):
+def test_nothing_is_wrapped_or_written_without_the_environment_variable(prof, monkeypatch):
+    import builtins
+
     monkeypatch.delenv(prof.ENV)
+    before = builtins.__import__
     prof.start()
-    assert prof.write("finetune", "x", 0) is None and not prof.active()
+    assert builtins.__import__ is before and not prof.active()
+    assert prof.write("finetune", "x", 0) is None
 
 
 def test_the_cli_writes_a_profile_per_job(tmp_path):

@@ -77,7 +77,7 @@ class SyntheticConfig(_Strict):
                          "sensor noise, a few objects moved) written as the split 'rescan' (synth_val_<i>_r<k>), "
                          "for the duplicate-scene and image-to-scene queries; train and val are unchanged.")
     domain: Literal["scannet", "s3dis", "structured3d"] = Field(
-        "scannet", description="Which dataset the generated rooms imitate (data/synthetic_domains.py): scannet "
+        "scannet", description="Which dataset the generated rooms imitate (data/synthetic/domains.py): scannet "
         "(ScanNet-20 labels, no ceiling; ids synth_*), s3dis (S3DIS-13 labels: offices with ceilings, beams, "
         "columns, boards; denser, greyer and warmer, holes; ids s3dis_*) or structured3d (Structured3D-25 labels: "
         "noise-free houses with ceilings; ids st3d_*). data.num_classes must match (20 / 13 / 25).")

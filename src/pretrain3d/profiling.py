@@ -28,7 +28,8 @@ _totals: dict[str, float] = defaultdict(float)
 _steps: dict[str, float] = defaultdict(float)
 _stack: list[list] = []  # [phase, time it (re)started]
 _started: float | None = None
-_original_import = builtins.__import__
+# the real import, also when this module is reloaded while its wrapper is installed
+_original_import = getattr(builtins.__import__, "_pretrain3d_wrapped", builtins.__import__)
 
 
 def _switch_in(name: str) -> None:
@@ -74,7 +75,10 @@ def _timed_import(name, globals=None, locals=None, fromlist=(), level=0):
 
 def active() -> bool:
     """Whether this job's profile will be written (the CUDA step split then synchronises)."""
-    return _started is not None and bool(os.environ.get(ENV))
+    return _started is not None
+
+
+_timed_import._pretrain3d_wrapped = _original_import  # type: ignore[attr-defined]
 
 
 def process_start_epoch() -> float | None:
@@ -91,9 +95,10 @@ def process_start_epoch() -> float | None:
 
 
 def start() -> None:
-    """Start the job clock: everything from here is compute unless a phase says otherwise."""
+    """Start the job clock: everything from here is compute unless a phase says otherwise. Only when
+    $PRETRAIN3D_PROFILE_DIR is set: otherwise (a stage called by hand, a test) nothing is wrapped."""
     global _started
-    if _started is not None:
+    if _started is not None or not os.environ.get(ENV):
         return
     born = process_start_epoch()
     _totals["startup"] = max(time.time() - born, 0.0) if born is not None else 0.0
