@@ -12,6 +12,9 @@ is generated from here (``pretrain3d dvc-yaml``), so the two front ends cannot d
 
 Results of an experiment live under ``results/<experiment.name>/`` so that two configs never
 overwrite or stand in for each other; data and the feature cache are keyed by their own paths.
+
+Over 500 lines because it is the single declaration of every step that Snakemake and DVC both read;
+split, the one graph would be spread over files that must change together.
 """
 
 from __future__ import annotations
