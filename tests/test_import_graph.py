@@ -27,14 +27,9 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 MAX_LINES = 500
 REASON_PHRASE = "Over 500 lines because"
-# TODO(issue 14): the modules over 500 lines without a reason in their docstring, all outside data/
-# and teachers/ (split them, or say why not). Each is a strict xfail: once a module is fixed, its
-# test passes, which fails the run until the entry is removed from this list.
-OVER_LIMIT_TODO = (
-    "src/pretrain3d/evaluation/feature_checks.py",
-    "src/pretrain3d/methods/condense.py",
-    "src/pretrain3d/methods/ppkt.py",
-)
+# Modules over 500 lines without a reason in their docstring, each a strict xfail: once a module is
+# fixed, its test passes, which fails the run until the entry is removed. Empty since issue 14.
+OVER_LIMIT_TODO: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------------- the graph
