@@ -265,3 +265,30 @@ def test_export_then_eval_benchmark_matches_the_internal_metrics(tmp_path, capsy
     assert len(sb.read_ids(tmp_path / "pred_test" / "scene0000_01.txt")) == 800
     with pytest.raises(DataError, match="label file not found"):
         export_benchmark(cfg, "test", gt_dir=tmp_path / "gt_test")
+
+
+def test_one_process_evaluates_several_models_each_beside_its_model(tmp_path):
+    """The workflow's evaluate job (one per method): the same metrics as one model at a time, written
+    beside each model.pt; a checkpoint of another method is refused, naming the file."""
+    import shutil
+
+    from pretrain3d.engine.trainer import CheckpointError, load_checkpoint, save_checkpoint
+    from pretrain3d.stages.evaluate import evaluate, evaluate_models
+
+    cfg, model = _tiny_run(tmp_path)
+    runs = []
+    for protocol, seed in (("la", 0), ("probe", 1)):
+        d = tmp_path / "runs" / protocol / f"seed{seed}"
+        d.mkdir(parents=True)
+        ck = load_checkpoint(model)
+        save_checkpoint(d / "model.pt", {**ck, "method": "scratch", "protocol": protocol, "seed": seed})
+        runs.append(d / "model.pt")
+    together = evaluate_models(cfg, runs, "scratch")
+    assert [(r["protocol"], r["seed"]) for r in together] == [("la", 0), ("probe", 1)]
+    for path, res in zip(runs, together):
+        assert (path.parent / "metrics.json").is_file() and (path.parent / "render.png").is_file()
+        alone = evaluate(cfg, path, tmp_path / "alone", "scratch", res["seed"], protocol=res["protocol"])
+        assert alone["mIoU"] == res["mIoU"] and alone["num_points"] == res["num_points"]
+    shutil.rmtree(tmp_path / "alone")
+    with pytest.raises(CheckpointError, match=r"seed0/model.pt.*expected method 'ppkt'"):
+        evaluate_models(cfg, runs, "ppkt")

@@ -118,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "folder; protocol and seed read from each checkpoint)")
     p.add_argument("--method", required=True)
     p.add_argument("--protocol", default="full", choices=["full", "la", "lr", "probe"])
-    p.add_argument("--seed", type=int, default=None, help="required with one --model")
-    p.add_argument("--out-dir", default=None, help="required with one --model")
+    p.add_argument("--seed", type=int, default=None, help="with --out-dir")
+    p.add_argument("--out-dir", default=None, help="one model's results folder; without it every --model writes "
+                   "beside its model.pt")
     p.add_argument("--export-dir", default=None,
                    help="also write the val predictions as ScanNet <scene>.txt files (NYU40 ids) into this folder")
 
@@ -364,14 +365,13 @@ def _dispatch(args, load) -> int:
     elif args.cmd == "evaluate":
         from pretrain3d.stages.evaluate import evaluate, evaluate_models
 
-        if len(args.model) > 1:
-            if args.out_dir or args.export_dir or args.seed is not None:
-                raise SystemExit("pretrain3d evaluate: with several --model, each writes beside its model.pt; "
-                                 "--out-dir, --export-dir and --seed are for one model")
+        if args.out_dir is None:  # each model's results beside its model.pt (the workflow's job per method)
+            if args.export_dir or args.seed is not None:
+                raise SystemExit("pretrain3d evaluate: --export-dir and --seed go with --out-dir (one model)")
             evaluate_models(cfg, args.model, args.method)
         else:
-            if args.out_dir is None or args.seed is None:
-                raise SystemExit("pretrain3d evaluate: one --model needs --out-dir and --seed")
+            if len(args.model) > 1 or args.seed is None:
+                raise SystemExit("pretrain3d evaluate: --out-dir takes one --model and its --seed")
             evaluate(cfg, args.model[0], args.out_dir, args.method, args.seed, protocol=args.protocol,
                      export_dir=args.export_dir)
     elif args.cmd == "export-benchmark":
