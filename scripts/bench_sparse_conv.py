@@ -26,6 +26,9 @@ forward+backward time of
 * ``open3d``: ``open3d.ml.torch.ops.sparse_conv`` (open3d-cpu 0.20 is built against torch
   2.13.0+cpu, so its ops load), on CSR neighbour lists made from our maps; its own map search
   (``FixedRadiusSearch``, L-inf) is what the "map ms" column times for it;
+* ``minkowski``: MinkowskiEngine 0.5.4 where it imports (not a project dependency, see below; run
+  the script with an interpreter that has it), with its own maps; the whole-model row is a
+  SpUNet with ME layers (same topology and channels, ME's weight layout);
 
 with the achieved GFLOP/s (2 x multiply-adds / time) and, separately, the time to build the kernel
 map (rulebook) of each backend. Then the whole SpUNet (``params.yaml`` model: stem 16, channels
@@ -33,6 +36,37 @@ map (rulebook) of each backend. Then the whole SpUNet (``params.yaml`` model: st
 
 The whole-model table times the variants round robin (``--model-rounds``), each one in turn, and
 gives the median over rounds of spconv's time / the variant's in the same round.
+
+Result on the project's 2-core box (AMD EPYC Zen 4, torch 2.13 CPU with MKL, spconv 2.3.8, load
+average 3-6 from other jobs; CPU-time round-robin medians, threads=1), SpUNet step at 31k voxels:
+spconv ~620-850 ms forward+backward; torch-pairs 1.13-1.26x faster (forward 1.25x: maps 30 vs 75 ms,
+no input gradient for the stem, fewer framework calls), torch-pairs-keep ~1.25x (+200 MB peak),
+torch-offset ~1.15x, MinkowskiEngine 1.10x, open3d ~0.46x, torch-im2col 0.35x (on these surfaces
+~6 of 27 neighbours exist, so 4/5 of its GEMM is zeros). The layers that cost most run at or near
+the dense-GEMM bound already (sum over the model's convolutions: dense-mm 303 ms, spconv 460,
+torch-pairs 438), and ~250 ms of the step is not convolution (BatchNorm, ReLU, concatenation,
+autograd), so no gather-GEMM-scatter backend gains much more than ~1.3x here. None cleared the 1.3x
+bar set for switching: the model keeps spconv.
+
+Alternatives from PyPI (Python 3.11, CPU-only torch 2.13), tried in a throwaway venv:
+
+* open3d-cpu 0.20 (a project dependency): usable, see above.
+* torchsparse: no distribution on PyPI.
+* MinkowskiEngine 0.5.4 (2021): source only. Fails with a current setuptools (numpy.distutils:
+  ``Compiler.__init__() takes from 1 to 3 positional arguments``); builds in 22 minutes on the two
+  cores with ``setuptools<65``, ``libopenblas-dev`` and ``pip install --no-build-isolation
+  MinkowskiEngine --config-settings=--build-option=--cpu_only``, then fails to import on Python
+  >= 3.10 (``from collections import Sequence``) unless shimmed (``import_minkowski``). Fastest on
+  the k5 stem and the strided layers, on par elsewhere, slowest maps (~150 ms per step).
+* warpconvnet 1.8.2: source only; its setup refuses a CPU-only torch ("requires a CUDA-enabled
+  PyTorch build").
+* fvdb-core 0.6.0: source only; a CMake project with ``LANGUAGES CXX CUDA`` (CUDA torch and toolkit).
+* mmcv 2.2.0: source only on PyPI (its prebuilt wheels are on OpenMMLab's own index); the setup needs
+  ``pkg_resources`` (old setuptools) and compiles the whole op library; per its sources its CPU sparse
+  convolution (``ops/csrc/pytorch/cpu/sparse_*.cpp``) is spconv 1.x's gather -> GEMM -> scatter-add,
+  the algorithm timed here as spconv / torch-offset. Not built.
+* torch-scatter 2.1.2 (scatter ops, not a convolution): source only; its build did not finish
+  within 20 minutes.
 
 Timing: best of ``--repeat`` after a warm-up. The machine may be shared: each figure is given as
 CPU time of this process (user+sys, ``time.process_time``), which other processes barely disturb
@@ -270,6 +304,75 @@ class Open3dBackend:
         return self.ml3d.ops.sparse_conv(w.contiguous(), c.x, self.empty, nb, kidx, self.empty, splits)
 
 
+def import_minkowski():
+    """MinkowskiEngine 0.5.4 (built from its sdist: see the docstring) with the shim it needs on
+    Python >= 3.10 (it imports ``Sequence`` from ``collections``)."""
+    import collections
+    import collections.abc
+
+    for name in ("Sequence", "Iterable", "Mapping"):
+        if not hasattr(collections, name):
+            setattr(collections, name, getattr(collections.abc, name))
+    import MinkowskiEngine as ME
+
+    return ME
+
+
+class MinkowskiBackend:
+    """MinkowskiEngine's CPU convolution with its own kernel maps. Its weights are (K, Cin, Cout) in its
+    own offset order, so the outputs are not compared with spconv's; the work (pairs) is the same."""
+
+    name = "minkowski"
+    comparable = False
+
+    def __init__(self):
+        self.ME = import_minkowski()
+
+    def _tensor(self, c: LayerCase, feat=None):
+        feat = c.x if feat is None else feat
+        if c.kind == "up":   # the coarse input lives at tensor stride 2 of the fine coordinates
+            fine = self.ME.SparseTensor(torch.zeros(c.n_out, 1), coordinates=c.idx)
+            key = fine.coordinate_manager.stride(fine.coordinate_map_key, [2, 2, 2])
+            return self.ME.SparseTensor(feat, coordinate_map_key=key, coordinate_manager=fine.coordinate_manager)
+        return self.ME.SparseTensor(feat, coordinates=c.idx)
+
+    def build_map(self, c: LayerCase):
+        """Coordinate hashing (SparseTensor) + the layer's kernel map."""
+        if c.kind == "head":
+            return None
+        fine = self.ME.SparseTensor(torch.zeros(c.idx.shape[0], 1), coordinates=c.idx)
+        mgr, key = fine.coordinate_manager, fine.coordinate_map_key
+        if c.kind in ("subm", "stem"):
+            return mgr.kernel_map(key, key, 1, c.k)
+        coarse = mgr.stride(key, [2, 2, 2])
+        if c.kind == "down":
+            return mgr.kernel_map(key, coarse, 2, 2)
+        return mgr.kernel_map(coarse, key, 2, 2, is_transpose=True)
+
+    def prepare(self, c: LayerCase):
+        ME = self.ME
+        torch.manual_seed(0)
+        if c.kind in ("subm", "stem"):
+            conv = ME.MinkowskiConvolution(c.cin, c.cout, kernel_size=c.k, stride=1, dimension=3)
+        elif c.kind == "down":
+            conv = ME.MinkowskiConvolution(c.cin, c.cout, kernel_size=2, stride=2, dimension=3)
+        elif c.kind == "up":
+            conv = ME.MinkowskiConvolutionTranspose(c.cin, c.cout, kernel_size=2, stride=2, dimension=3)
+        else:
+            conv = ME.MinkowskiConvolution(c.cin, c.cout, kernel_size=1, stride=1, dimension=3)
+        c.me_conv = conv
+        c.me_x = self._tensor(c)
+        with torch.no_grad():
+            conv(c.me_x)   # builds and caches the kernel map in the tensor's coordinate manager
+
+    def forward(self, c: LayerCase):
+        if c.x.requires_grad != c.me_x.F.requires_grad or c.me_x.F is not c.x:
+            c.me_x = self.ME.SparseTensor(c.x, coordinate_map_key=c.me_x.coordinate_map_key,
+                                          coordinate_manager=c.me_x.coordinate_manager)
+        c.me_conv.zero_grad(set_to_none=True)
+        return c.me_conv(c.me_x).F
+
+
 # ----------------------------------------------------------------------------- layer benchmark
 def bench_layer(c: LayerCase, backend, repeat: int) -> dict:
     r = {"backend": backend.name}
@@ -320,14 +423,14 @@ def check_same(c: LayerCase, backends) -> dict:
     with torch.no_grad():
         ref = None
         for be in backends:
+            if not getattr(be, "comparable", True):
+                continue
             y = be.forward(c)
             if be.name == "spconv":
                 ref = y
             out[be.name] = y
         if ref is None:
             return {}
-        if c.kind == "down":  # spconv's rows are in its own order; ours match it (checked in tests)
-            pass
         return {k: float((v - ref).abs().max() / ref.abs().max()) for k, v in out.items() if k != "spconv"}
 
 
@@ -464,6 +567,68 @@ class Open3dFunctional:
         return self._conv(f, weight, cmap.pair_list().transposed(), cmap, "_o3d_t")
 
 
+def build_minkowski_spunet(cfg=MODEL_CFG, in_channels: int = 6, num_classes: int = 20):
+    """SpUNet (same topology, channels and layers as ``pretrain3d.models.spunet.SpUNet``) written with
+    MinkowskiEngine layers, for timing only: its weights use ME's layout and offset order."""
+    ME = import_minkowski()
+    from torch import nn
+
+    def conv(cin, cout, k, stride=1, transpose=False, bias=False):
+        cls = ME.MinkowskiConvolutionTranspose if transpose else ME.MinkowskiConvolution
+        return cls(cin, cout, kernel_size=k, stride=stride, bias=bias, dimension=3)
+
+    def bn(c):
+        return ME.MinkowskiBatchNorm(c, eps=1e-3, momentum=0.01)
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout):
+            super().__init__()
+            self.proj = nn.Sequential(conv(cin, cout, 1), bn(cout)) if cin != cout else None
+            self.conv1, self.bn1 = conv(cin, cout, 3), bn(cout)
+            self.conv2, self.bn2 = conv(cout, cout, 3), bn(cout)
+            self.relu = ME.MinkowskiReLU()
+
+        def forward(self, x):
+            identity = x if self.proj is None else self.proj(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            return self.relu(self.bn2(self.conv2(out)) + identity)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            ch, ly, stem = cfg["channels"], cfg["layers"], cfg["stem_channels"]
+            self.stem = nn.Sequential(conv(in_channels, stem, 5), bn(stem), ME.MinkowskiReLU())
+            self.down, self.enc, self.up, self.dec = (nn.ModuleList() for _ in range(4))
+            enc_ch, dec_ch = stem, ch[-1]
+            for s in range(4):
+                self.down.append(nn.Sequential(conv(enc_ch, ch[s], 2, 2), bn(ch[s]), ME.MinkowskiReLU()))
+                self.enc.append(nn.Sequential(*[Block(ch[s], ch[s]) for _ in range(ly[s])]))
+                below = ch[8 - s - 2]
+                self.up.append(nn.Sequential(conv(below, dec_ch, 2, 2, transpose=True), bn(dec_ch),
+                                             ME.MinkowskiReLU()))
+                self.dec.append(nn.Sequential(*[Block(dec_ch + enc_ch if i == 0 else dec_ch, dec_ch)
+                                                for i in range(ly[8 - s - 1])]))
+                enc_ch, dec_ch = ch[s], below
+            self.head = conv(ch[-1], num_classes, 1, bias=True)
+
+        def forward(self, data):
+            b = offset2batch(data["offset"])
+            coords = torch.cat([b[:, None], data["grid_coord"].long()], 1).int()
+            x = self.stem(ME.SparseTensor(data["feat"], coordinates=coords))
+            skips = [x]
+            for s in range(4):
+                x = self.enc[s](self.down[s](x))
+                skips.append(x)
+            x = skips.pop()
+            for s in reversed(range(4)):
+                x = ME.cat(self.up[s](x), skips.pop())
+                x = self.dec[s](x)
+            return self.head(x).F
+
+    torch.manual_seed(0)
+    return Net().train()
+
+
 def build_model(backend: str, mode: str = "pairs"):
     """SpUNet of params.yaml, built with spconv or with ``sparse_torch`` in place of it (the module it
     builds from swapped while building; calls swap it again, see ``model_table``)."""
@@ -472,6 +637,8 @@ def build_model(backend: str, mode: str = "pairs"):
     torch.manual_seed(0)
     if backend == "spconv":
         return spunet.SpUNet(6, 20, **MODEL_CFG).train()
+    if backend == "minkowski":
+        return build_minkowski_spunet()
     orig = spunet._spconv
     spunet._spconv = lambda: st
     try:
@@ -498,7 +665,7 @@ def model_table(total: int, variants, rounds: int, threads: int) -> list[dict]:
 
     def call(label):
         model, backend = models[label]
-        if backend != "spconv":
+        if backend not in ("spconv", "minkowski"):
             spunet._spconv = lambda: st
         if backend == "open3d":
             for n in names:
@@ -560,6 +727,20 @@ def map_time(data, backend: str, repeat: int) -> float:
     b = offset2batch(data["offset"])
     idx0 = torch.cat([b[:, None], data["grid_coord"].long()], 1).int()
     shape0 = (data["grid_coord"].max(0).values + 96).tolist()
+    if backend == "minkowski":
+        ME = import_minkowski()
+
+        def run():
+            x = ME.SparseTensor(torch.zeros(idx0.shape[0], 1), coordinates=idx0)
+            mgr, key = x.coordinate_manager, x.coordinate_map_key
+            mgr.kernel_map(key, key, 1, 5)
+            for lvl in range(5):
+                mgr.kernel_map(key, key, 1, 3)
+                if lvl < 4:
+                    out = mgr.stride(key, [2, 2, 2])
+                    mgr.kernel_map(key, out, 2, 2)
+                    key = out
+        return timeit(run, repeat)[1]
     if backend == "spconv":
         be = SpconvBackend()
         one = [1, 1, 1]
@@ -596,7 +777,8 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-model", action="store_true")
     ap.add_argument("--breakdown", action="store_true", help="time every conv of the model at its level")
     ap.add_argument("--backends", nargs="+",
-                    default=["spconv", "torch-pairs", "torch-offset", "torch-im2col", "open3d"])
+                    default=["spconv", "torch-pairs", "torch-pairs-keep", "torch-offset", "torch-im2col", "open3d",
+                             "minkowski"])
     ap.add_argument("--json", type=Path, default=None, help="write all rows here")
     args = ap.parse_args(argv)
 
@@ -609,6 +791,8 @@ def main(argv=None) -> None:
                 backends.append(TorchBackend(name[len("torch-"):]))
             elif name == "open3d":
                 backends.append(Open3dBackend())
+            elif name == "minkowski":
+                backends.append(MinkowskiBackend())
         except Exception as e:  # noqa: BLE001
             print(f"{name} unusable: {type(e).__name__}: {e}")
     print(f"torch {torch.__version__}, CPU: {os.cpu_count()} cores, load average {load()}")
@@ -626,8 +810,9 @@ def main(argv=None) -> None:
                 variants = [("spconv", "spconv", None)] + [
                     (b.name, "torch", "gemm" if b.mode == "im2col" else b.mode)
                     for b in backends if isinstance(b, TorchBackend)]
-                if any(b.name == "open3d" for b in backends):
-                    variants.append(("open3d", "open3d", None))
+                for name in ("open3d", "minkowski"):
+                    if any(b.name == name for b in backends):
+                        variants.append((name, name, None))
                 rows += model_table(total, variants, args.model_rounds, threads)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
