@@ -54,6 +54,9 @@ def main(argv: list[str]) -> int:
         if key in step.directory_outputs:
             out.mkdir(parents=True, exist_ok=True)
             (out / "stub.txt").write_text(content)
+            digest = dict(step.content_digests).get(key)
+            if digest:  # the folder's digest file (a processed dataset's manifest.json)
+                (out / digest).write_text(content)
         else:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps({"mIoU": 0.5, "stub": content}) if out.suffix == ".json" else content)

@@ -131,6 +131,27 @@ def test_dvc_params_are_keys_of_params_yaml_and_exclude_what_cannot_change_outpu
     assert "src/pretrain3d/data/transforms.py" in stages["pretrain-ppkt"]["deps"]
 
 
+def test_stages_that_read_a_processed_dataset_depend_on_its_manifest(tmp_path):
+    """DVC hashes a processed folder once, as preprocessing's out; its readers depend on manifest.json,
+    whose data_hash covers every file of every scene (frames included), so a changed file still changes it."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    folders = {"data/processed/synthetic", "data/processed/synthetic-s3dis", "data/processed/synthetic-structured3d"}
+    assert "data/processed/synthetic" in stages["preprocess"]["outs"]
+    assert not [(n, d) for n, s in stages.items() for d in s.get("deps", []) if d in folders]
+    readers = {n for n, s in stages.items() if "data/processed/synthetic/manifest.json" in s.get("deps", [])}
+    assert {"cache_features", "pretrain-ppkt", "finetune-la", "evaluate"} <= readers
+
+    from pretrain3d.data.scene import hash_scenes
+
+    scene = tmp_path / "train" / "s0"
+    (scene / "frames" / "color").mkdir(parents=True)
+    (scene / "coord.npy").write_bytes(b"xyz")
+    (scene / "frames" / "color" / "0.jpg").write_bytes(b"a")
+    before = hash_scenes([scene])
+    (scene / "frames" / "color" / "0.jpg").write_bytes(b"b")
+    assert hash_scenes([scene]) != before
+
+
 def test_steps_code_is_the_import_closure():
     code = STEPS["finetune"].code({"method": "ppkt", "protocol": "la", "seed": "0"})
     assert "src/pretrain3d/stages/finetune.py" in code and "src/pretrain3d/config.py" in code

@@ -27,8 +27,12 @@ def _module_file(module: str, src: Path) -> Path | None:
     return None
 
 
-def _imports(path: Path, module: str) -> set[str]:
-    """Fully qualified pretrain3d modules that ``path`` (the file of ``module``) imports anywhere."""
+@lru_cache(maxsize=None)
+def _imports(path: Path, module: str) -> frozenset[str]:
+    """Fully qualified pretrain3d modules that ``path`` (the file of ``module``) imports anywhere.
+
+    Cached: the steps' closures share most files, and a dry run asks for a dozen closures (each file is
+    parsed once, not once per closure that contains it)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
@@ -47,7 +51,7 @@ def _imports(path: Path, module: str) -> set[str]:
             found.add(target)
             # `from pretrain3d.x import y` may name a submodule y
             found.update(f"{target}.{a.name}" for a in node.names)
-    return found
+    return frozenset(found)
 
 
 @lru_cache(maxsize=None)

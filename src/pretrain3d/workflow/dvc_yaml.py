@@ -3,7 +3,9 @@
 Each DVC stage asks Snakemake for one job's outputs (``snakemake --force``: DVC has decided that the
 job must run, so Snakemake must not answer "nothing to be done" from its own bookkeeping). Jobs of a
 step that read the same fields are one ``matrix`` stage. Deps are the step's inputs plus the import
-closure of its code; params are the fields it reads, as keys of params.yaml (a field params.yaml
+closure of its code; a folder that an upstream step makes and declares a digest file of (a processed
+dataset's manifest.json, whose data_hash covers every scene file) is a dep through that file, so that
+DVC hashes the folder once, as the upstream stage's out, not once per stage that reads it; params are the fields it reads, as keys of params.yaml (a field params.yaml
 does not set has its default in config.py, a code dep of every stage). tests/test_workflow.py
 fails when the committed dvc.yaml is not what this module produces.
 """
@@ -60,8 +62,19 @@ def _group(step: Step, jobs: list[Wildcards]) -> list[tuple[str, list[Wildcards]
     return [("-".join([step.name, *key]), members) for key, members in groups.items()]
 
 
+def content_digests(cfg: Params) -> dict[str, str]:
+    """{folder: its digest file} of the active steps' folder outputs that declare one (Step.content_digests)."""
+    out: dict[str, str] = {}
+    for step, jobs in active_steps(cfg):
+        for w in jobs:
+            outputs = step.outputs(cfg, w)
+            for key, name in step.content_digests:
+                out[outputs[key]] = f"{outputs[key]}/{name}"
+    return out
+
+
 def _stage(step: Step, cfg: Params, members: list[Wildcards], varying: list[str],
-           file_keys: dict[str, Any]) -> dict:
+           file_keys: dict[str, Any], digests: dict[str, str]) -> dict:
     # a matrix over the varying wildcards; the template is built with ${item.x} in their place
     template = {k: (f"${{item.{k}}}" if k in varying else members[0][k]) for k in step.wildcards}
     outputs = step.outputs(cfg, template)
@@ -71,7 +84,8 @@ def _stage(step: Step, cfg: Params, members: list[Wildcards], varying: list[str]
     if varying:
         stage["matrix"] = {k: _matrix_values(members, k) for k in varying}
     stage["cmd"] = f"snakemake --cores all --force {targets}"
-    deps = [f for v in inputs.values() for f in _flat_files(v)]
+    # a folder made upstream is tracked (hashed file by file) as that stage's out; here its digest file
+    deps = [digests.get(f, f) for v in inputs.values() for f in _flat_files(v)]
     stage["deps"] = list(dict.fromkeys(deps + step.code(template)))
     params = _dvc_params(step, cfg, members[0], file_keys)
     if params:
@@ -100,10 +114,11 @@ def _check_matrix_is_product(step: Step, members: list[Wildcards], varying: list
 def generate(cfg: Params, params_file: str | Path = "params.yaml") -> str:
     file_keys = flatten(read_yaml(params_file))
     stages: dict[str, dict] = {}
+    digests = content_digests(cfg)
     for step, jobs in active_steps(cfg):
         for name, members in _group(step, jobs):
             varying = [k for k in step.wildcards if k not in step.dvc_group_by]
             _check_matrix_is_product(step, members, varying)
-            stages[name] = _stage(step, cfg, members, varying, file_keys)
+            stages[name] = _stage(step, cfg, members, varying, file_keys, digests)
     body = yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)
     return HEADER + body

@@ -85,6 +85,11 @@ class Step:
                                                # that cannot change the outputs
     extra_deps: tuple[str, ...] = ()           # package data files the stage reads
     directory_outputs: tuple[str, ...] = ()    # output keys that are folders
+    # (output key, file in that folder): a file the step writes last whose content is a hash of everything
+    # else in the folder (a processed dataset's manifest.json and its data_hash). DVC stages downstream
+    # depend on it instead of the folder: DVC hashes the folder once, as this step's out, instead of once
+    # per downstream stage (ScanNet with frames: 200k files, a dozen stages; dvc_yaml.py)
+    content_digests: tuple[tuple[str, str], ...] = ()
     dvc_group_by: tuple[str, ...] = ()         # wildcards whose jobs differ in fields/inputs: one DVC stage each
 
     # ------------------------------------------------------------------ derived
@@ -419,12 +424,13 @@ STEPS: dict[str, Step] = {s.name: s for s in [
          inputs=_ingest_inputs, outputs=lambda cfg, w: {"processed": cfg.data.processed_root},
          fields=_ingest_fields,
          # la/lr files only select fine-tuning labels
-         exclude=("data.scannet.la_file", "data.scannet.lr_file"), directory_outputs=("processed",)),
+         exclude=("data.scannet.la_file", "data.scannet.lr_file"), directory_outputs=("processed",),
+         content_digests=(("processed", "manifest.json"),)),
     Step("dataset_data", "pretrain3d.stages.data", ("dataset",), dvc_group_by=("dataset",),
          outputs=lambda cfg, w: {"processed": dataset_root(cfg, w["dataset"])},
          fields=lambda cfg, w: (f"multi_dataset.datasets.{w['dataset']}",),
          exclude=lambda cfg, w: (f"multi_dataset.datasets.{w['dataset']}.workers",),
-         directory_outputs=("processed",)),
+         directory_outputs=("processed",), content_digests=(("processed", "manifest.json"),)),
     Step("cache_features", "pretrain3d.stages.features", (),
          inputs=lambda cfg, w: {"data": cfg.data.processed_root},
          outputs=lambda cfg, w: {"features": features_dir(cfg)}, fields=lambda cfg, w: ("teacher",),
