@@ -26,7 +26,7 @@ def test_scannet_layout_workspace_is_complete_for_snakemake_and_dvc(tmp_path):
     # the pipeline's own DAG made the workspace: every step of the overlay ran once per job
     jobs = info["jobs"]
     assert jobs["preprocess"] == 1 and jobs["cache_features"] == 1 and jobs["report"] == 1, jobs
-    assert jobs["pretrain"] == 2 and jobs["finetune"] == 4 and jobs["evaluate"] == 4, jobs  # scratch, ppkt x full, probe
+    assert jobs["pretrain"] == 2 and jobs["finetune"] == 4 and jobs["evaluate"] == 2, jobs  # scratch, ppkt x full, probe; one evaluate job per method
 
     # the layouts the steps read and write: raw release, processed scenes with frames, teacher features
     cfg = yaml.safe_load((ws / "params.yaml").read_text())
