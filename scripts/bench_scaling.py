@@ -23,14 +23,23 @@ files share a hash, as in real data):
 "Complete" is reached the way a user reaches it: one ``snakemake`` run (jobs stubbed) records
 Snakemake's metadata, and its onsuccess hook records every DVC stage in dvc.lock (``dvc commit``, as
 after any Snakemake run in a DVC repository). Then ``snakemake -n`` and ``dvc status`` are each timed
-in fresh processes (3 runs: best and median) and must report nothing to do / up to date.
+in fresh processes (3 runs: best and median, wall and CPU seconds: on a shared machine the CPU
+seconds are the better estimate of an idle machine's wall time) and must report nothing to do / up to
+date. ``--record`` also times a Snakemake run in which only the report reruns: the rest of its time is
+the onsuccess hook recording the DAG's DVC stages in dvc.lock. ``--overlay configs/scannet-scratch.yaml``
+gives the layout without RGB-D frames (export_frames false): 8 files per scene instead of 140.
 
-(b) **Time per stage vs scenes.** For each scene count, a temporary folder with params.yaml + an
-overlay (data.synthetic.num_train = N, num_val = N/4, roots inside the folder, 1 epoch of
-pre-training and fine-tuning, tracking off), then each stage's CLI command as the rules call it,
-timed as a subprocess: generate, preprocess, features, pretrain (scratch ... ppt), finetune (la, probe
-= linear probe) and evaluate. Prints seconds per stage x scene count, seconds per scene, and flags
-stages whose seconds per scene grow with the scene count (superlinear).
+(b) **Time per stage vs scenes.** For each scene count N, a temporary folder with params.yaml + an
+overlay: data.synthetic.num_train = N, num_val = max(4, N/4) (plus params.yaml's one rescan per val
+scene), the multi_dataset datasets that multi-dataset pre-training reads scaled to N/2 train scenes
+each, roots inside the folder, one epoch of pre-training, fine-tuning and linear probe
+(protocols.probe_epochs 1), tracking off, threads and workers as params.yaml sets them. Each stage's CLI
+command runs as the rules call it, timed as a subprocess (Python and torch start-up included):
+generate, preprocess, dataset-data, features, pretrain per method, finetune la, probe (finetune
+--protocol probe), evaluate la. Prints seconds per stage x scene count, seconds per scene, the
+marginal seconds per added scene and the exponent k of t ~ n^k, and flags superlinear stages.
+``--only-at-max STAGE ...`` times only those stages (and what they need) at the largest count;
+``--json`` keeps the counts measured so far, and a later call reuses them.
 """
 
 from __future__ import annotations
@@ -470,20 +479,29 @@ def part_stages(args) -> dict:
             prev.setdefault("stages", {}).setdefault("seconds", {})[str(n)] = table[n]
             Path(args.json).write_text(json.dumps(prev, indent=2))
     stages = list(dict.fromkeys(s for n in counts for s in table[n]))
-    head = "".join(f"{f'{n} s':>10}" for n in counts) + "".join(f"{f'{n} s/scene':>13}" for n in counts)
-    print(f"\n  {'stage':<26}{head}   growth exponent (t ~ n^k)")
+    pairs = list(zip(counts, counts[1:]))
+    head = "".join(f"{f'{n} s':>9}" for n in counts) + "".join(f"{f'{n} s/sc':>10}" for n in counts)
+    head += "".join(f"{f'+{a}-{b}':>12}" for a, b in pairs) + "".join(f"{f'k {a}-{b}':>10}" for a, b in pairs)
+    print(f"\n  s/sc: seconds per train scene; +a-b: marginal seconds per added scene between a and b; k: exponent"
+          f" of t ~ n^k between them (a fixed start-up pulls k below 1)")
+    print(f"  {'stage':<26}{head}")
     flagged = []
     for s in stages:
-        row = "".join(f"{table[n][s]:>10.1f}" if s in table[n] else f"{'-':>10}" for n in counts)
-        row += "".join(f"{table[n][s] / n:>13.3f}" if s in table[n] else f"{'-':>13}" for n in counts)
-        ks = [growth(table[a][s], table[b][s], a, b) for a, b in zip(counts, counts[1:])
-              if s in table[a] and s in table[b]]
-        note = "  ".join(f"{k:.2f}" for k in ks)
-        if any(k > 1.1 for k in ks):
-            note += "   SUPERLINEAR"
+        t = {n: table[n][s] for n in counts if s in table[n]}
+        row = "".join(f"{t[n]:>9.1f}" if n in t else f"{'-':>9}" for n in counts)
+        row += "".join(f"{t[n] / n:>10.3f}" if n in t else f"{'-':>10}" for n in counts)
+        marg = [(t[b] - t[a]) / (b - a) if a in t and b in t else None for a, b in pairs]
+        ks = [growth(t[a], t[b], a, b) if a in t and b in t else None for a, b in pairs]
+        row += "".join(f"{m:>12.3f}" if m is not None else f"{'-':>12}" for m in marg)
+        row += "".join(f"{k:>10.2f}" if k is not None else f"{'-':>10}" for k in ks)
+        known = [m for m in marg if m is not None]
+        # superlinear: the cost of one more scene grows with the scene count
+        if any(k is not None and k > 1.1 for k in ks) or any(
+                b > 0.05 and b > 1.5 * max(a, 0.05) for a, b in zip(known, known[1:])):
+            row += "   SUPERLINEAR"
             flagged.append(s)
-        print(f"  {s:<26}{row}   {note}")
-    print(f"\n  superlinear (k > 1.1 between consecutive counts): {', '.join(flagged) or 'none'}")
+        print(f"  {s:<26}{row}")
+    print(f"\n  superlinear (k > 1.1, or the marginal cost per scene grows > 1.5x): {', '.join(flagged) or 'none'}")
     return {"seconds": {str(n): table[n] for n in counts}, "superlinear": flagged}
 
 
