@@ -8,6 +8,8 @@
 #   PRETRAIN3D_VENV         the virtual environment (default .venv; relative to the repository)
 #   PRETRAIN3D_TORCH_INDEX  where the CPU build of torch comes from when no local wheel satisfies
 #                           the pin (default https://download.pytorch.org/whl/cpu; empty: PyPI only)
+#   PRETRAIN3D_INSTALLER    uv (default: pip installs the pinned uv, uv installs the environment from
+#                           the package sources pip is configured with) or pip (pip alone, slower)
 #
 # Every step says what it does; a failing step prints its tool's output and stops with what is
 # missing. tests/test_bootstrap.py runs this script against stand-ins for python, apt-get and id.
@@ -20,6 +22,7 @@ PY_WANT=3.11
 VENV=${PRETRAIN3D_VENV:-.venv}
 case $VENV in /*) ;; *) VENV=$PWD/$VENV ;; esac
 TORCH_INDEX=${PRETRAIN3D_TORCH_INDEX-https://download.pytorch.org/whl/cpu}
+INSTALLER=${PRETRAIN3D_INSTALLER:-uv}
 IMPORTS="torch spconv open3d snakemake dvc mlflow onnx tokenizers safetensors cv2 pretrain3d"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -29,12 +32,14 @@ die() { echo "[bootstrap] error: $*" >&2; exit 1; }
 # Fast path: the stamp is written only after everything imported; it names the inputs.
 stamp=$VENV/.pretrain3d-installed
 want=$({ echo "python $PY_WANT"; cat envs/requirements-cpu.txt envs/requirements-nodeps.txt \
-  envs/constraints-cpu.txt envs/system-packages.txt pyproject.toml; } | sha256sum | cut -c1-16)
+  envs/constraints-cpu.txt envs/requirements-bootstrap.txt envs/system-packages.txt pyproject.toml; } \
+  | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/python" ] \
   && [ -x "$VENV/bin/pretrain3d" ]; then
   exit 0
 fi
 t0=$(date +%s)
+case $INSTALLER in uv | pip) ;; *) die "PRETRAIN3D_INSTALLER must be uv or pip, not '$INSTALLER'" ;; esac
 say "installing into $VENV (first run: a few minutes)"
 
 log=$(mktemp)
@@ -107,6 +112,43 @@ pip_step() {  # pip_step DESCRIPTION PIP-ARGS...
   grep -v '^WARNING: Location' "$log" | sed 's/^/  pip: /' >&2 || true  # warnings of a step that succeeded
 }
 
+# The installer: uv resolves and installs the pinned environment several times faster than pip
+# (issue 14: the install counts toward the README run's 15 minutes). pip installs uv into the
+# environment; uv is given the package sources pip is configured with. Without uv, pip does it all.
+uv_sources=()
+if [ "$INSTALLER" = uv ]; then
+  uv_pin=$(grep -m1 -E '^uv==' envs/requirements-bootstrap.txt)
+  if ! "$VENV/bin/python" -m pip install -q "$uv_pin" >"$log" 2>&1; then
+    say "warning: pip could not install $uv_pin ($(tail -n1 "$log")): pip installs everything (slower)"
+    INSTALLER=pip
+  elif ! "$VENV/bin/python" scripts/envcheck.py pip-sources >"$log" 2>&1; then
+    say "warning: could not read pip's package sources ($(tail -n1 "$log")): pip installs everything (slower)"
+    INSTALLER=pip
+  else
+    mapfile -t uv_sources <"$log"
+    say "installer: $uv_pin, with the package sources of pip's configuration: ${uv_sources[*]:-its defaults}"
+  fi
+fi
+
+# install_step DESCRIPTION ARGS...: `pip install ARGS`, or `uv pip install ARGS` with pip's sources,
+# any of which may serve a pinned version, as with pip (uv's default takes the first index that knows
+# a package, even without that version; and 2.13.0+cpu must win over PyPI's 2.13.0, as with pip);
+# when uv fails, its output is shown and pip tries the step.
+install_step() {
+  local what=$1
+  shift
+  if [ "$INSTALLER" = uv ]; then
+    say "uv: $what"
+    if "$VENV/bin/python" -m uv pip install --python "$VENV/bin/python" "${uv_sources[@]}" \
+      --index-strategy unsafe-best-match "$@" >"$log" 2>&1; then
+      return 0
+    fi
+    sed 's/^/  uv: /' "$log" >&2
+    say "warning: uv failed: $what (its output above); pip tries it"
+  fi
+  pip_step "$what" install "$@"
+}
+
 # On Linux x86-64, PyPI's torch wheel is the CUDA build (several GB). Ask PyTorch's CPU index for
 # it, unless a wheel already satisfies the pin without any index (installed, or a local
 # find-links directory) or that index cannot be reached (then PyPI's wheel is taken).
@@ -115,15 +157,15 @@ if [ -n "$torch_pin" ] && [ -n "$TORCH_INDEX" ] && [ "$(uname -s)/$(uname -m)" =
   if "$VENV/bin/python" -m pip install --dry-run -q --no-index --no-deps "$torch_pin" >/dev/null 2>&1; then
     say "$torch_pin: installed or in a local wheel directory (no extra index)"
   elif "$VENV/bin/python" scripts/envcheck.py url "$TORCH_INDEX/torch/" 10 >"$log" 2>&1; then
-    pip_step "$torch_pin, the CPU build from $TORCH_INDEX" \
-      install -q "$torch_pin" -c envs/constraints-cpu.txt --extra-index-url "$TORCH_INDEX"
+    install_step "$torch_pin, the CPU build from $TORCH_INDEX" \
+      -q "$torch_pin" -c envs/constraints-cpu.txt --extra-index-url "$TORCH_INDEX"
   else
     say "warning: $TORCH_INDEX cannot be reached ($(tail -n1 "$log")): torch comes from PyPI, which on Linux x86-64 is the CUDA build (several GB); PRETRAIN3D_TORCH_INDEX= skips this check"
   fi
 fi
-pip_step "envs/requirements-cpu.txt with envs/constraints-cpu.txt" \
-  install -q -r envs/requirements-cpu.txt -c envs/constraints-cpu.txt
-pip_step "envs/requirements-nodeps.txt (--no-deps)" install -q --no-deps -r envs/requirements-nodeps.txt
+install_step "envs/requirements-cpu.txt with envs/constraints-cpu.txt" \
+  -q -r envs/requirements-cpu.txt -c envs/constraints-cpu.txt
+install_step "envs/requirements-nodeps.txt (--no-deps)" -q --no-deps -r envs/requirements-nodeps.txt
 pip_step "pretrain3d (editable)" install -q --no-deps --no-build-isolation -e .
 
 # 5. Everything imports, or say which import fails and why; only then the stamp.

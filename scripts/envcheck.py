@@ -7,6 +7,10 @@
     python envcheck.py imports NAME...     import each NAME; print one line per failure
                                            ("NAME: ErrorType: message"), exit 1 if any failed
     python envcheck.py url URL [TIMEOUT]   exit 0 when URL answers (HTTP status < 400)
+    python envcheck.py pip-sources         print, one per line, the uv options that name the package
+                                           sources this Python's pip is configured with (pip config
+                                           files and PIP_* variables: index-url, extra-index-url,
+                                           find-links, no-index), so that uv installs from where pip would
 
 Kept to syntax that old Pythons parse, so that `version` answers on any interpreter and the
 bootstrap can say which version it found.
@@ -75,6 +79,42 @@ def _url(url, timeout=10.0):
     return 0 if code < 400 else 1
 
 
+# pip's configuration scopes, weakest first (a later one overrides an earlier one for the same key)
+_PIP_SCOPES = ("global", "user", "site", ":env:")
+_PIP_SOURCE_KEYS = ("index-url", "extra-index-url", "find-links", "no-index")
+
+
+def _pip_sources():
+    import subprocess
+
+    try:
+        out = subprocess.check_output([sys.executable, "-m", "pip", "config", "list"], stderr=subprocess.STDOUT)
+    except (OSError, subprocess.CalledProcessError) as e:
+        print("pip config list: %s" % e)
+        return 1
+    found = {}  # key -> (scope rank, value)
+    for line in out.decode("utf-8", "replace").splitlines():
+        name, sep, value = line.partition("=")
+        scope, dot, key = name.rpartition(".")
+        if not sep or not dot or key not in _PIP_SOURCE_KEYS or scope not in _PIP_SCOPES:
+            continue
+        rank = _PIP_SCOPES.index(scope)
+        if key not in found or rank >= found[key][0]:
+            found[key] = (rank, value.strip().strip("'\""))
+    for key in _PIP_SOURCE_KEYS:
+        if key not in found:
+            continue
+        value = found[key][1]
+        if key == "no-index":
+            if value.lower() in ("1", "true", "yes", "on"):
+                print("--no-index")
+            continue
+        for item in value.split():
+            print("--%s" % key)
+            print(item)
+    return 0
+
+
 def main(argv):
     if not argv:
         sys.stderr.write(__doc__)
@@ -90,6 +130,8 @@ def main(argv):
         return _imports(args)
     if cmd == "url" and 1 <= len(args) <= 2:
         return _url(*args)
+    if cmd == "pip-sources" and not args:
+        return _pip_sources()
     sys.stderr.write("envcheck.py: bad arguments %r\n%s" % (argv, __doc__))
     return 2
 

@@ -42,6 +42,9 @@ case ${1##*/} in
       lib) have "lib:$2" || { echo "$2: cannot open shared object file: No such file or directory"; exit 1; } ;;
       module) have "module:$2" || { echo "$2: ModuleNotFoundError: No module named '$2'"; exit 1; } ;;
       url) [ -n "${FAKE_URL_OK:-}" ] || { echo "$2: <urlopen error [Errno -2] Name or service not known>"; exit 1; } ;;
+      pip-sources)
+        [ -z "${FAKE_SOURCES_FAIL:-}" ] || { echo "pip config list: $FAKE_SOURCES_FAIL"; exit 1; }
+        [ -z "${FAKE_PIP_SOURCES:-}" ] || printf '%s\n' $FAKE_PIP_SOURCES ;;
       imports)
         shift
         rc=0
@@ -79,11 +82,23 @@ if [ "$1 $2" = "-m pip" ]; then
     exit 1
   fi
   echo "WARNING: Location '/nowhere' is ignored"
+  case " $* " in *" uv=="*)
+    [ -z "${FAKE_NO_UV:-}" ] || { echo "ERROR: No matching distribution found for uv"; exit 1; }
+    touch "$venv/.fake-uv" ;;
+  esac
   case " $* " in *" -e . "*)
     touch "$venv/.fake-installed"
     printf '#!/bin/sh\necho "pretrain3d $*" >>"$FAKE_LOG"\n' >"$venv/bin/pretrain3d"
     chmod +x "$venv/bin/pretrain3d" ;;
   esac
+  exit 0
+fi
+if [ "$1 $2 $3" = "-m uv pip" ]; then
+  [ -e "$venv/.fake-uv" ] || { echo "$self: No module named uv"; exit 1; }
+  if [ -n "${FAKE_UV_FAIL:-}" ] && [[ " $* " == *"$FAKE_UV_FAIL"* ]]; then
+    echo "error: No solution found when resolving dependencies"
+    exit 1
+  fi
   exit 0
 fi
 [ "$1 $2" = "-m pytest" ] && exit 0
@@ -183,6 +198,7 @@ class Machine:
             "FAKE_LOG": str(self.log),
             "FAKE_PROVIDES": provides,
             "PRETRAIN3D_VENV": str(self.venv),
+            "PRETRAIN3D_INSTALLER": "pip",  # the pip-only path; the uv tests set uv (the default)
         }
         for _, _, probe, _ in _table_rows():  # a complete machine; tests take away what they need
             self.have(probe)
@@ -210,6 +226,9 @@ class Machine:
 
     def pip_calls(self, r) -> list[str]:
         return [c for c in r.calls if " -m pip " in c and "--version" not in c]
+
+    def uv_calls(self, r) -> list[str]:
+        return [c for c in r.calls if " -m uv pip " in c]
 
     def apt_calls(self, r) -> list[str]:
         return [c for c in r.calls if c.startswith("apt-get")]
@@ -527,3 +546,92 @@ def test_run_and_test_use_PRETRAIN3D_VENV(m, script, tool):
         assert "snakemake --cores all --show-failed-logs -n" in r.calls
         assert any(c.startswith(f"python {m.venv}/bin/python scripts/stage_times.py") for c in r.calls)
     assert not m.pip_calls(r)  # the bootstrap took its fast path
+
+
+# --- uv, the default installer ---------------------------------------------------------------
+
+def test_uv_installs_the_environment_from_pips_sources(m):
+    r = m.run(PRETRAIN3D_INSTALLER="uv", FAKE_TORCH_LOCAL="1",
+              FAKE_PIP_SOURCES="--find-links /wheels --extra-index-url file:///mirror/simple")
+    _assert_ok(r)
+    py = f"{m.venv}/bin/python"
+    assert f"python {py} -m pip install -q uv==0.13.9" in r.calls  # envs/requirements-bootstrap.txt
+    uv = [c[len(f"python {py} -m uv pip install --python {py} "):] for c in m.uv_calls(r)]
+    src = "--find-links /wheels --extra-index-url file:///mirror/simple --index-strategy unsafe-best-match"
+    assert uv == [f"{src} -q -r envs/requirements-cpu.txt -c envs/constraints-cpu.txt",
+                  f"{src} -q --no-deps -r envs/requirements-nodeps.txt"]
+    # pip only installs uv and the editable project
+    assert [c.split(" -m pip ")[1] for c in m.pip_calls(r) if "--dry-run" not in c] == [
+        "install -q uv==0.13.9", "install -q --no-deps --no-build-isolation -e ."]
+    assert "installer: uv==0.13.9" in r.out and m.stamp.exists()
+
+
+def test_uv_torch_cpu_build_from_the_torch_index(m):
+    r = m.run(PRETRAIN3D_INSTALLER="uv", FAKE_URL_OK="1")
+    _assert_ok(r)
+    torch = [c for c in m.uv_calls(r) if "torch==2.13.0" in c]
+    assert len(torch) == 1 and f"--extra-index-url {TORCH_INDEX}" in torch[0]
+    assert "--index-strategy unsafe-best-match" in torch[0]  # 2.13.0+cpu wins over PyPI's 2.13.0, as with pip
+    assert not any("torch==" in c for c in m.pip_calls(r) if "--dry-run" not in c)
+
+
+def test_uv_that_cannot_be_installed_leaves_it_to_pip(m):
+    r = m.run(PRETRAIN3D_INSTALLER="uv", FAKE_NO_UV="1")
+    _assert_ok(r)
+    assert "pip could not install uv==0.13.9" in r.out and "No matching distribution found for uv" in r.out
+    assert not m.uv_calls(r)
+    assert any("-r envs/requirements-cpu.txt" in c for c in m.pip_calls(r)) and m.stamp.exists()
+
+
+def test_unreadable_pip_sources_leave_it_to_pip(m):
+    r = m.run(PRETRAIN3D_INSTALLER="uv", FAKE_SOURCES_FAIL="exit status 2")
+    _assert_ok(r)
+    assert "could not read pip's package sources (pip config list: exit status 2)" in r.out
+    assert not m.uv_calls(r) and any("-r envs/requirements-cpu.txt" in c for c in m.pip_calls(r))
+
+
+def test_a_failing_uv_step_is_shown_and_pip_retries_it(m):
+    r = m.run(PRETRAIN3D_INSTALLER="uv", FAKE_UV_FAIL="requirements-nodeps")
+    _assert_ok(r)
+    assert "uv: error: No solution found when resolving dependencies" in r.out
+    assert "uv failed: envs/requirements-nodeps.txt (--no-deps)" in r.out and "pip tries it" in r.out
+    assert [c for c in m.pip_calls(r) if "requirements" in c] == [
+        f"python {m.venv}/bin/python -m pip install -q --no-deps -r envs/requirements-nodeps.txt"]
+    assert m.stamp.exists()
+
+
+def test_uv_and_pip_failing_stops_with_pips_output(m):
+    r = m.run(PRETRAIN3D_INSTALLER="uv", FAKE_UV_FAIL="requirements-cpu", FAKE_PIP_FAIL="requirements-cpu")
+    assert r.returncode == 1
+    assert "uv: error: No solution found" in r.out and "pip failed: envs/requirements-cpu.txt" in r.out
+    assert not m.stamp.exists()
+
+
+def test_unknown_installer_is_refused(m):
+    r = m.run(PRETRAIN3D_INSTALLER="conda")
+    assert r.returncode == 1 and "PRETRAIN3D_INSTALLER must be uv or pip, not 'conda'" in r.out
+    assert not m.pip_calls(r)
+
+
+def test_pip_sources_reads_pips_configuration(tmp_path):
+    """envcheck.py pip-sources with the real pip: config file, then PIP_* variables override it."""
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nfind-links = /opt/w\nextra-index-url = file:///a/simple file:///b/simple\n"
+                    "timeout = 60\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update(PIP_CONFIG_FILE=str(conf), HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path))
+
+    def sources(**extra):
+        r = subprocess.run([sys.executable, str(REPO / "scripts" / "envcheck.py"), "pip-sources"],
+                           env={**env, **extra}, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout.split()
+
+    base = sources()
+    assert base[base.index("--find-links") + 1] == "/opt/w"
+    assert [base[i + 1] for i, a in enumerate(base) if a == "--extra-index-url"] == ["file:///a/simple",
+                                                                                   "file:///b/simple"]
+    over = sources(PIP_FIND_LINKS="/x /y", PIP_INDEX_URL="https://mirror/simple", PIP_NO_INDEX="1")
+    assert over[:2] == ["--index-url", "https://mirror/simple"]
+    assert [over[i + 1] for i, a in enumerate(over) if a == "--find-links"] == ["/x", "/y"]
+    assert "--no-index" in over and "timeout" not in " ".join(over)

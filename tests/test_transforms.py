@@ -82,3 +82,19 @@ def test_chromatic_ops_keep_range(p):
     s = T.chromatic_translation(s, rng, p, 0.05)
     s = T.chromatic_jitter(s, rng, p, 0.05)
     assert s["color"].min() >= 0 and s["color"].max() <= 255
+
+
+def test_trilinear_matches_scipys_regular_grid_interpolator():
+    from scipy.interpolate import RegularGridInterpolator
+
+    from pretrain3d.data.transforms import _trilinear
+
+    rng = np.random.default_rng(0)
+    grid = rng.standard_normal((7, 5, 9, 3))
+    lo, step = np.array([-1.0, 0.5, 2.0]), 0.3
+    axes = [lo[d] + step * np.arange(grid.shape[d]) for d in range(3)]
+    hi = np.array([a[-1] for a in axes])
+    pts = lo + rng.random((500, 3)) * (hi - lo)
+    pts[:3] = [lo, hi, [axes[0][3], axes[1][2], axes[2][8]]]  # a corner, the far corner, a node
+    ref = RegularGridInterpolator(axes, grid)(pts)
+    np.testing.assert_allclose(_trilinear(grid, lo, step, pts), ref, rtol=1e-10, atol=1e-12)

@@ -337,3 +337,30 @@ def test_recording_in_dvc_leaves_snakemakes_files_untouched(tmp_path):
     assert int(ws.run(sys.executable, "-c", code).stdout.split()[-1]) > 0
     assert {p: p.stat().st_mtime_ns for p in outputs} == before
     assert ws.dvc_changed() == set() and ws.planned() == {}
+
+
+def test_one_pretraining_per_method_initialises_every_seed_unless_per_seed():
+    """Default (the papers' protocol): one pre-training per method, seed 0's backbone under every
+    fine-tuning seed; configs/embedded/extras.yaml pre-trains per seed and adds what the default leaves out."""
+    from pretrain3d.workflow.steps import pretrain_jobs, query_jobs, study_variants
+
+    cfg = load_config(REPO / "params.yaml")
+    methods, seeds = cfg.experiment.methods, cfg.experiment.seeds
+    assert len(seeds) == 3 and not cfg.experiment.pretrain_per_seed
+    assert pretrain_jobs(cfg) == [{"method": m, "seed": "0"} for m in methods]
+    finetune = STEPS["finetune"]
+    for s in seeds:
+        w = {"method": "ppkt", "protocol": "la", "seed": str(s)}
+        assert finetune.inputs(cfg, w)["backbone"].endswith("/pretrain/ppkt/seed0/backbone.pt")
+    assert {w["seed"] for w in query_jobs(cfg)} == {"0"}
+
+    extras = load_config(REPO / "params.yaml", REPO / "configs" / "embedded" / "extras.yaml")
+    assert extras.experiment.name != cfg.experiment.name  # its outputs never stand in for the default run's
+    jobs = pretrain_jobs(extras)
+    assert len(jobs) == len(methods) * len(seeds) + 2
+    assert {"method": "ponderv2_ppt", "seed": "0"} in jobs
+    w = {"method": "ppkt", "protocol": "la", "seed": "2"}
+    assert finetune.inputs(extras, w)["backbone"].endswith("/pretrain/ppkt/seed2/backbone.pt")
+    assert {w["seed"] for w in query_jobs(extras) if w["source"] == "ppkt"} == {"0", "1", "2"}
+    assert any(v.startswith("single_language-") for v in study_variants(extras))
+    assert not any(v.startswith("single_language-") for v in study_variants(cfg))

@@ -10,7 +10,6 @@ The recipe follows Pointcept's ScanNet SpUNet config (see shared/reference/point
 from __future__ import annotations
 
 import numpy as np
-from scipy.interpolate import RegularGridInterpolator
 from scipy.ndimage import uniform_filter
 
 from pretrain3d.geometry.voxel import grid_sample
@@ -91,6 +90,27 @@ def random_jitter(sample: dict, rng: np.random.Generator, sigma: float, clip: fl
     return sample
 
 
+def _trilinear(grid: np.ndarray, lo: np.ndarray, step: float, points: np.ndarray) -> np.ndarray:
+    """Trilinear interpolation of ``grid`` (X, Y, Z, C), node ``(i, j, k)`` at ``lo + step * (i, j, k)``, at
+    ``points`` inside the grid: what scipy's RegularGridInterpolator computes, 3x faster on a scene (eight
+    flat gathers instead of its generic N-d path; the elastic distortion runs twice per training sample)."""
+    dims = np.array(grid.shape[:3])
+    f = (points - lo) / step
+    i0 = np.clip(np.floor(f).astype(np.int64), 0, dims - 2)
+    t = f - i0
+    flat = grid.reshape(-1, grid.shape[3])
+    base = (i0[:, 0] * dims[1] + i0[:, 1]) * dims[2] + i0[:, 2]
+    out = np.zeros((len(points), grid.shape[3]), dtype=np.result_type(grid, points))
+    for dx in (0, 1):
+        wx = t[:, 0] if dx else 1.0 - t[:, 0]
+        for dy in (0, 1):
+            wxy = wx * (t[:, 1] if dy else 1.0 - t[:, 1])
+            for dz in (0, 1):
+                w = wxy * (t[:, 2] if dz else 1.0 - t[:, 2])
+                out += w[:, None] * flat[base + (dx * dims[1] + dy) * dims[2] + dz]
+    return out
+
+
 def elastic_distortion(sample: dict, rng: np.random.Generator, params, p: float) -> dict:
     """Smooth random displacement fields at several granularities (non-rigid: no pose update)."""
     if not params or rng.random() >= p:
@@ -103,9 +123,7 @@ def elastic_distortion(sample: dict, rng: np.random.Generator, params, p: float)
         noise = rng.standard_normal((*shape, 3))
         for _ in range(2):  # blur twice with a 3-voxel box: a smooth, band-limited field
             noise = uniform_filter(noise, size=(3, 3, 3, 1), mode="constant")
-        axes = [lo[d] + granularity * np.arange(shape[d]) for d in range(3)]
-        interp = RegularGridInterpolator(axes, noise, bounds_error=False, fill_value=0.0)
-        coord = coord + interp(coord) * magnitude
+        coord = coord + _trilinear(noise, lo, granularity, coord) * magnitude
     sample["coord"] = coord
     return sample
 

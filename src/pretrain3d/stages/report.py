@@ -108,7 +108,13 @@ def markdown(summary: dict, cfg: Params, out_dir: Path, run_dirs: list[Path]) ->
         f"# pretrain3d report — {cfg.experiment.name}", "",
         f"Dataset: `{cfg.data.dataset}` ({cfg.data.processed_root}), {cfg.data.num_classes} classes, "
         f"evaluated on every original point of the val split. Config hash `{config_hash(cfg)}`.",
-        "Metrics in %; mean ± sample std over seeds. mIoU excludes classes absent from both ground truth "
+        "Metrics in %; mean ± sample std over seeds. "
+        + ("Every seed pre-trains anew (`experiment.pretrain_per_seed`): the std includes pre-training variance. "
+           if cfg.experiment.pretrain_per_seed else
+           f"Each method is pre-trained once (seed {cfg.experiment.seeds[0]}) and that backbone initialises every "
+           "seed's fine-tuning, as the papers do: the std is fine-tuning variance only "
+           "(`experiment.pretrain_per_seed: true` pre-trains per seed). ")
+        + "mIoU excludes classes absent from both ground truth "
         "and prediction (see README). Protocols: limited annotations = "
         f"{cfg.protocols.la_points} labelled points per training scene; limited reconstructions = "
         f"{cfg.protocols.lr_fraction:.0%} of the training scenes; linear probe = frozen backbone + linear head.", "",

@@ -202,9 +202,19 @@ def query_sources(cfg: Params) -> list[str]:
     return list(cfg.queries.baselines) + [m for m in cfg.experiment.methods if registry.spec(m).query_source]
 
 
+def pretrain_seed(cfg: Params, seed: int | str) -> str:
+    """The pre-training seed whose backbone initialises fine-tuning seed ``seed``: itself with
+    ``experiment.pretrain_per_seed``, else the first seed (one pre-training per method)."""
+    return str(seed) if cfg.experiment.pretrain_per_seed else str(cfg.experiment.seeds[0])
+
+
+def pretrain_seeds(cfg: Params) -> list[str]:
+    return list(dict.fromkeys(pretrain_seed(cfg, s) for s in cfg.experiment.seeds))
+
+
 def pretrain_jobs(cfg: Params) -> list[Wildcards]:
-    """Compared methods for every seed; pretrain_only methods for the first seed only."""
-    jobs = [{"method": m, "seed": str(s)} for m in cfg.experiment.methods for s in cfg.experiment.seeds]
+    """Compared methods for every pre-training seed; pretrain_only methods for the first seed only."""
+    jobs = [{"method": m, "seed": s} for m in cfg.experiment.methods for s in pretrain_seeds(cfg)]
     jobs += [{"method": m, "seed": str(cfg.experiment.seeds[0])} for m in cfg.experiment.pretrain_only]
     return jobs
 
@@ -235,14 +245,14 @@ def real_check_outputs(cfg: Params, method: str) -> dict[str, str]:
 
 def query_jobs(cfg: Params) -> list[Wildcards]:
     """The scene-query benchmark's jobs: each baseline once (first seed; it trains nothing), each compared method
-    with query features (methods.registry ``query_source``) for every seed. None without RGB-D frames or
-    without such a method."""
+    with query features (methods.registry ``query_source``) for every pre-training seed (the queries read the
+    pre-trained backbone, not a fine-tuned one). None without RGB-D frames or without such a method."""
     methods = [m for m in cfg.experiment.methods if registry.spec(m).query_source]
     if not cfg.queries.enabled or not methods or "frames" not in dataset_provides(cfg):
         return []  # baselines alone compare nothing
     first = str(cfg.experiment.seeds[0])
     return ([{"source": b, "seed": first} for b in cfg.queries.baselines]
-            + [{"source": m, "seed": str(s)} for m in methods for s in cfg.experiment.seeds])
+            + [{"source": m, "seed": s} for m in methods for s in pretrain_seeds(cfg)])
 
 
 def query_dir(cfg: Params, w: Wildcards) -> str:
@@ -444,7 +454,8 @@ STEPS: dict[str, Step] = {s.name: s for s in [
          outputs=lambda cfg, w: real_check_outputs(cfg, w["method"]), fields=_real_check_fields,
          exclude=_real_check_exclude),
     Step("finetune", "pretrain3d.stages.finetune", ("method", "protocol", "seed"), dvc_group_by=("protocol",),
-         inputs=lambda cfg, w: {"data": cfg.data.processed_root, "backbone": backbone(cfg, w["method"], w["seed"]),
+         inputs=lambda cfg, w: {"data": cfg.data.processed_root,
+                                "backbone": backbone(cfg, w["method"], pretrain_seed(cfg, w["seed"])),
                                 "benchmark_file": _benchmark_file(cfg, w["protocol"])},
          outputs=lambda cfg, w: {k: f"{run_dir(cfg, w)}/{f}" for k, f in
                                  (("model", "model.pt"), ("train_log", "train_log.json"), ("config", "config.yaml"))},
