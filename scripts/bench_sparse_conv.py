@@ -46,7 +46,9 @@ torch-offset ~1.15x, MinkowskiEngine 1.10x, open3d ~0.46x, torch-im2col 0.35x (o
 the dense-GEMM bound already (sum over the model's convolutions: dense-mm 303 ms, spconv 460,
 torch-pairs 438), and ~250 ms of the step is not convolution (BatchNorm, ReLU, concatenation,
 autograd), so no gather-GEMM-scatter backend gains much more than ~1.3x here. None cleared the 1.3x
-bar set for switching: the model keeps spconv.
+bar set for switching: the model keeps spconv, except for the k=5 stem on the CPU (later measured alone, a
+batch of 25k voxels, one thread: spconv 249 ms forward+backward vs torch-pairs 151 ms, which also skips
+the input gradient; the whole training step 913 -> 787 ms under load): spunet._stem_conv_class.
 
 Alternatives from PyPI (Python 3.11, CPU-only torch 2.13), tried in a throwaway venv:
 

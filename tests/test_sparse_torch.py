@@ -220,3 +220,23 @@ def test_single_voxel_and_empty():
         assert y.features.shape == (0, 4)
         y.features.sum().backward()
         assert m.weight.grad is not None and not m.weight.grad.any()
+
+
+def test_spunet_stem_on_cpu_is_spconvs_layer_computed_by_sparse_torch(rooms):
+    """The model's k=5 stem (spunet._stem_conv_class): a spconv SubMConv3d (its state dict, its CUDA path)
+    whose CPU forward is sparse_torch's; output and weight gradient equal plain spconv's."""
+    data, idx, shape = rooms
+    torch.manual_seed(7)
+    ref = spconv.SubMConv3d(6, 16, kernel_size=5, padding=1, bias=False, indice_key="stem")
+    stem = spunet._stem_conv_class()(6, 16, kernel_size=5, padding=1, bias=False, indice_key="stem")
+    stem.load_state_dict(ref.state_dict())
+    assert isinstance(stem, spconv.SubMConv3d) and list(stem.state_dict()) == list(ref.state_dict())
+    feat = data["feat"]
+    outs = []
+    for layer in (ref, stem):
+        y = layer(spconv.SparseConvTensor(feat, idx, shape, 2))
+        y.features.pow(2).sum().backward()
+        outs.append((y.features, layer.weight.grad))
+    assert rel(outs[1][0], outs[0][0]) < 1e-5 and rel(outs[1][1], outs[0][1]) < 1e-4
+    model = spunet.SpUNet(6, 20, **spunet.SMALL_CONFIG)
+    assert type(model.stem.conv) is spunet._stem_conv_class()

@@ -1,8 +1,9 @@
 """Sparse 3D convolution in plain PyTorch: the parts of spconv 2.x that SpUNet uses, same semantics.
 
 Measured against spconv 2.3's CPU path by ``scripts/bench_sparse_conv.py`` (issue 14, item 2); the
-model still runs on spconv (the whole-step gain measured on this machine was below the bar set for
-switching, see the script's docstring). Three ways to compute a convolution, ``mode`` of a layer:
+model runs on spconv (the whole-step gain of switching every layer was below the bar set for it, see
+the script's docstring) except for the k=5 stem on the CPU, which this module computes
+(``spunet._stem_conv_class``: spconv's 125-offset loop made it about half of a training step). Three ways to compute a convolution, ``mode`` of a layer:
 
 * ``"pairs"`` (default): all (input row, output row) pairs of a layer in one list grouped by
   kernel offset; in chunks of several MB of rows: one ``index_select`` of the input rows, one

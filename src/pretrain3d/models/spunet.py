@@ -24,6 +24,7 @@ point order. spconv is imported when a model is built, not when this module is i
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Sequence
 
 import torch
@@ -47,6 +48,28 @@ def _spconv():
     import spconv.pytorch as spconv
 
     return spconv
+
+
+@functools.lru_cache(maxsize=None)
+def _stem_conv_class():
+    """spconv's SubMConv3d for the k=5 stem (same parameters, state dict and CUDA path), computed on the
+    CPU by ``sparse_torch``'s grouped pairs: spconv's CPU loop over the 125 kernel offsets made the stem
+    about half of a training step (fwd+bwd at 25k voxels, one thread: 249 ms vs 151 ms; the whole step
+    ~520 ms), and the stem never needs the input gradient (its input is the data). Same arithmetic:
+    tests/test_sparse_torch.py checks the two against each other. A class made on first use, so that
+    importing this module does not import spconv."""
+
+    class StemConv(_spconv().SubMConv3d):
+        def forward(self, x):
+            if x.features.is_cuda:
+                return super().forward(x)
+            from pretrain3d.models import sparse_torch
+
+            smap = sparse_torch.subm_map(x.indices, x.spatial_shape, self.kernel_size, self.dilation)
+            out = sparse_torch.submconv(x.features.contiguous(), self.weight, smap)
+            return x.replace_feature(out if self.bias is None else out + self.bias)
+
+    return StemConv
 
 
 class _NormFactory:
@@ -182,9 +205,10 @@ class SpUNet(nn.Module):
         self.prompt = nn.Embedding(len(norm.conditions), norm.context_channels) \
             if norm is not None and norm.adaptive else None
 
+        # spconv itself, or a stand-in module with the same API (scripts/bench_sparse_conv.py swaps it in)
+        stem_conv = _stem_conv_class() if spconv.__name__.startswith("spconv") else spconv.SubMConv3d
         self.stem = _ConvBNReLU(
-            spconv.SubMConv3d(in_channels, stem_channels, kernel_size=5, padding=1, bias=False,
-                              indice_key="stem"),
+            stem_conv(in_channels, stem_channels, kernel_size=5, padding=1, bias=False, indice_key="stem"),
             stem_channels, norm_fn)
 
         self.down = nn.ModuleList()
