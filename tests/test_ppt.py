@@ -136,9 +136,12 @@ def test_study_variants_and_jobs(tmp_path):
     from pretrain3d.workflow.steps import extra_datasets, study_jobs, study_variants
 
     cfg = _ppt_config(tmp_path)
-    assert study_variants(cfg) == ["single-ScanNet", "single-S3DIS", "single_language-ScanNet",
-                                   "single_language-S3DIS", "joint", "ppt", "ppt_decoupled"]
-    assert len(study_jobs(cfg)) == 7 * len(cfg.experiment.seeds)
+    assert study_variants(cfg) == ["single-ScanNet", "single-S3DIS", "joint", "ppt", "ppt_decoupled"]
+    assert len(study_jobs(cfg)) == 5 * len(cfg.experiment.seeds)
+    every = cfg.model_copy(update={"ppt_study": cfg.ppt_study.model_copy(update={"variants": [
+        "single", "single_language", "joint", "ppt", "ppt_decoupled"]})})
+    assert study_variants(every) == ["single-ScanNet", "single-S3DIS", "single_language-ScanNet",
+                                     "single_language-S3DIS", "joint", "ppt", "ppt_decoupled"]
     assert extra_datasets(cfg) == ["S3DIS"]
     off = validate_config(tiny_overrides(tmp_path))  # the study off, no multi-dataset method
     assert study_variants(off) == [] and extra_datasets(off) == []
@@ -164,6 +167,12 @@ def test_study_runs_a_variant_and_the_report_compares_with_single(tmp_path, one_
         assert json.loads(files[-1].read_text())["metrics"].keys() == set(r["datasets"])
     assert r["datasets"] == ["ScanNet", "S3DIS"] and r["uses_gt_labels"] is True
     assert r["steps"] == cfg.ppt_study.epochs * (2 + 2 * 2)  # ScanNet 2 scenes + S3DIS 2 scenes x 2 loops
+    # the study's crop (ppt_study.max_points) reaches every dataset's training samples
+    from pretrain3d.methods.ppt import multi_train_dataset
+
+    md, _ = multi_train_dataset(cfg, ["ScanNet", "S3DIS"], cfg.train.augment, 7)
+    for name, ds in md.datasets.items():
+        assert all(len(ds[(i, 3)]["grid_coord"]) == 7 for i in range(len(ds))), name
     text, summary = study_section([str(f) for f in files])
     assert "| S3DIS |" in text and "| ScanNet |" in text
     d = summary["S3DIS"]["delta"]["ppt_decoupled"]

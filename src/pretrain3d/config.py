@@ -669,8 +669,12 @@ class PPTStudyConfig(_Strict):
         "and text settings); ppt_decoupled: PDNorm + a linear head per dataset.")
     datasets: list[str] | None = Field(None, description="Prompt names it compares on (multi_dataset.target and/or "
                                        "multi_dataset.datasets); null: all of them.")
-    epochs: int = Field(6, ge=1, description="Passes over each variant's training data (train.* optimiser, batch "
+    epochs: int = Field(4, ge=1, description="Passes over each variant's training data (train.* optimiser, batch "
                         "size, augmentation); the joint variants see every dataset per epoch, as in PPT.")
+    max_points: int | None = Field(
+        8000, ge=1, description="Random crop of each training scene to at most this many voxels (Pointcept's "
+        "SphereCrop), every variant alike; null: train.max_points. Sized for the README run's budget: the "
+        "S3DIS-like rooms have ~30k voxels at 8 cm, the ScanNet-like ~16k.")
 
 
 class Params(_Strict):

@@ -144,8 +144,9 @@ def build_ppt_model(cfg, names: Sequence[str], head: str, pdnorm: bool) -> PPTMo
     return PPTModel(backbone, h, spaces)
 
 
-def multi_train_dataset(cfg, names: Sequence[str], augment):
-    """{name: TrainDataset} over each dataset's train split, and their data hashes."""
+def multi_train_dataset(cfg, names: Sequence[str], augment, max_points: int | None = None):
+    """{name: TrainDataset} over each dataset's train split (scenes cropped to ``max_points`` voxels), and
+    their data hashes."""
     from pretrain3d.data.dataset import TrainDataset, load_split
     from pretrain3d.data.multi_dataset import MultiDataset
     from pretrain3d.tracking.provenance import data_hash
@@ -154,7 +155,7 @@ def multi_train_dataset(cfg, names: Sequence[str], augment):
     for n in names:
         d = dataset_config(cfg, n)
         datasets[n] = TrainDataset(load_split(d.processed_root, "train", d.num_classes), cfg.train.grid_size,
-                                   augment, cfg.train.max_points)
+                                   augment, max_points)
         hashes[n] = data_hash(d.processed_root)
     return MultiDataset(datasets), hashes
 
@@ -196,7 +197,7 @@ def build(cfg, method: str, scenes: Sequence):
 
     pc = cfg.pretrain.ppt
     names = list(pc.datasets)
-    dataset, hashes = multi_train_dataset(cfg, names, cfg.pretrain.augment)
+    dataset, hashes = multi_train_dataset(cfg, names, cfg.pretrain.augment, cfg.train.max_points)
     model = build_ppt_model(cfg, names, pc.head, pc.pdnorm)
     loops = {n: cfg.multi_dataset.loops.get(n, 1) for n in names}
     sizes = dataset.sizes()

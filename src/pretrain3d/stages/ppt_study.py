@@ -6,7 +6,7 @@ control that separates the head's effect from joint training's), ``joint`` (one 
 the union of class names, so differently named classes are negatives of each other), ``ppt`` (PDNorm
 + language-guided categorical alignment) or ``ppt_decoupled`` (PDNorm + a linear head per dataset).
 Every variant trains ``ppt_study.epochs`` passes over its data with fine-tuning's optimiser, batch size
-and augmentation (``train.*``), then is scored on the val split of each dataset it trained on.
+and augmentation (``train.*``) on scenes cropped to ``ppt_study.max_points`` voxels, then is scored on the val split of each dataset it trained on.
 
 Outputs in ``out_dir``: ``metrics.json`` ({dataset: mIoU, mAcc, allAcc, per-class IoU}, the variant's
 datasets, steps, seconds) and an MLflow run ``ppt_study-<variant>-seed<k>`` tagged with the datasets it
@@ -64,9 +64,11 @@ def run_variant(cfg: Params, variant: str, seed: int, out_dir: str | Path, progr
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tc, epochs = cfg.train, cfg.ppt_study.epochs
+    if cfg.ppt_study.max_points is not None:
+        tc = tc.model_copy(update={"max_points": cfg.ppt_study.max_points})
     seed_everything(seed, threads=tc.threads)
     device = resolve_device(tc.device)
-    dataset, hashes = multi_train_dataset(cfg, names, tc.augment)
+    dataset, hashes = multi_train_dataset(cfg, names, tc.augment, tc.max_points)
     model = build_ppt_model(cfg, names, head, pdnorm).to(device)
     loops = {n: cfg.multi_dataset.loops.get(n, 1) for n in names}
     sizes = dataset.sizes()
