@@ -21,7 +21,9 @@ RUNS = [(m, p, s) for m in METHODS for p in ("la", "probe") for s in (0, 1)]
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     wd = make_workdir(tmp_path_factory.mktemp("pipeline"),
-                      extra={"experiment": {"methods": list(METHODS), "protocols": ["la", "probe"]},
+                      # pre-training per seed: the per-seed paths (checks, queries, renders) of the extras overlay
+                      extra={"experiment": {"methods": list(METHODS), "protocols": ["la", "probe"],
+                                            "pretrain_per_seed": True},
                              "data": {"synthetic": {"rescans": 1}},  # the scene queries' duplicates
                              "ppt_study": {"enabled": True, "variants": ["single", "ppt"]}})
     snakemake(["--cores", "2"], wd)
