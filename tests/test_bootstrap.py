@@ -557,7 +557,8 @@ def test_uv_installs_the_environment_from_pips_sources(m):
     py = f"{m.venv}/bin/python"
     assert f"python {py} -m pip install -q uv==0.13.9" in r.calls  # envs/requirements-bootstrap.txt
     uv = [c[len(f"python {py} -m uv pip install --python {py} "):] for c in m.uv_calls(r)]
-    src = "--find-links /wheels --extra-index-url file:///mirror/simple --index-strategy unsafe-best-match"
+    src = ("--find-links /wheels --extra-index-url file:///mirror/simple --index-strategy unsafe-best-match "
+           "--compile-bytecode")  # .pyc written once at install, as pip does, not by every job
     assert uv == [f"{src} -q -r envs/requirements-cpu.txt -c envs/constraints-cpu.txt",
                   f"{src} -q --no-deps -r envs/requirements-nodeps.txt"]
     # pip only installs uv and the editable project
