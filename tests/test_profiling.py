@@ -120,7 +120,7 @@ def test_reference_workload_and_budget_line(tmp_path):
                         "--json", str(ref)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     data = json.loads(ref.read_text())
-    assert data["version"] == 1 and data["seconds"] > 0 and set(data["parts"]) == {
+    assert data["version"] == 2 and data["seconds"] > 0 and set(data["parts"]) == {
         "gemm", "gather_scatter", "sort", "small_ops"}
     ref.write_text(json.dumps({"version": 1, "seconds": 2.0, "parts": {}}))
     line = subprocess.run([sys.executable, str(REPO / "scripts/run_budget.py"), "--install-start", "0",

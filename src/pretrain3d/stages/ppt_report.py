@@ -72,5 +72,9 @@ def study_section(files: list[str | Path]) -> tuple[str, dict]:
             cells.append(cell)
         lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
     n = max((e[k]["n"] for e in s.values() for k in kinds if k in e), default=0)
-    lines += ["", f"Seeds: {n}. Each variant trains `ppt_study.epochs` passes over its data.", ""]
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    schedule = sorted({(r.get("epochs"), r.get("max_points", "?")) for r in runs}, key=str)
+    crop = {None: ", whole scenes", "?": ""}  # "?": written before the crop was recorded
+    said = "; ".join(f"{e} epochs" + crop.get(m, f", scenes cropped to {m} voxels") for e, m in schedule)
+    lines += ["", f"Seeds: {n}. Each variant trains `ppt_study.epochs` passes over its data ({said}).", ""]
     return "\n".join(lines), s

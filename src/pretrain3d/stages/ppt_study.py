@@ -107,7 +107,7 @@ def run_variant(cfg: Params, variant: str, seed: int, out_dir: str | Path, progr
             run.log_metrics({f"val/{name}/mIoU": metrics["mIoU"], f"val/{name}/allAcc": metrics["allAcc"]})
         seconds = time.perf_counter() - t0
         result = {"variant": variant, "kind": kind, "seed": seed, "datasets": names, "head": head, "pdnorm": pdnorm,
-                  "epochs": epochs, "steps": trainer.state.global_step, "train_scenes": sizes, "seconds": seconds,
+                  "epochs": epochs, "max_points": tc.max_points, "steps": trainer.state.global_step, "train_scenes": sizes, "seconds": seconds,
                   "uses_gt_labels": True, "fingerprint": fingerprint, "metrics": per_dataset,
                   "final": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("train/")}}
         write_json(out_dir / "metrics.json", result)
