@@ -240,3 +240,12 @@ def test_spunet_stem_on_cpu_is_spconvs_layer_computed_by_sparse_torch(rooms):
     assert rel(outs[1][0], outs[0][0]) < 1e-5 and rel(outs[1][1], outs[0][1]) < 1e-4
     model = spunet.SpUNet(6, 20, **spunet.SMALL_CONFIG)
     assert type(model.stem.conv) is spunet._stem_conv_class()
+
+
+def test_unsupported_arguments_are_refused_with_what_was_given():
+    with pytest.raises(ValueError, match=r"odd kernel size .*\[2, 2, 2\]"):
+        st.subm_map(torch.zeros(1, 4, dtype=torch.int32), [4, 4, 4], 2)
+    with pytest.raises(ValueError, match="groups=1 only \\(got 2\\)"):
+        st.SubMConv3d(4, 4, 3, groups=2)
+    with pytest.raises(ValueError, match="record_voxel_count"):
+        st.SparseConv3d(4, 4, 2, stride=2, record_voxel_count=True)

@@ -3,7 +3,9 @@
 Measured against spconv 2.3's CPU path by ``scripts/bench_sparse_conv.py`` (issue 14, item 2); the
 model runs on spconv (the whole-step gain of switching every layer was below the bar set for it, see
 the script's docstring) except for the k=5 stem on the CPU, which this module computes
-(``spunet._stem_conv_class``: spconv's 125-offset loop made it about half of a training step). Three ways to compute a convolution, ``mode`` of a layer:
+(``spunet._stem_conv_class``: spconv's 125-offset loop made it about half of a training step).
+
+Three ways to compute a convolution, ``mode`` of a layer:
 
 * ``"pairs"`` (default): all (input row, output row) pairs of a layer in one list grouped by
   kernel offset; in chunks of several MB of rows: one ``index_select`` of the input rows, one
@@ -196,10 +198,18 @@ class PairList:
     in_unique: bool = False
     out_unique: bool = False
     _chunks: Optional[dict] = None
+    _per_offset: Optional[list] = None
 
     @property
     def kvol(self) -> int:
         return len(self.starts) - 1
+
+    def per_offset(self) -> list:
+        """Per offset ``(in_rows, out_rows)`` (for the plain per-offset path); views, made once."""
+        if self._per_offset is None:
+            b = self.starts
+            self._per_offset = [(self.in_rows[b[i]:b[i + 1]], self.out_rows[b[i]:b[i + 1]]) for i in range(self.kvol)]
+        return self._per_offset
 
     def transposed(self) -> "PairList":
         return PairList(self.out_rows, self.in_rows, self.starts, self.n_out, self.n_in, self.center,
@@ -219,7 +229,6 @@ class SubMMap:
     spatial_shape: list
     n: int
     _nbr: Optional[torch.Tensor] = None
-    _pairs: Optional[list] = None
 
     def pair_list(self) -> PairList:
         return self.plist
@@ -237,12 +246,7 @@ class SubMMap:
         return self._nbr
 
     def pairs(self):
-        """Per offset ``(in_rows, out_rows)`` (for the plain per-offset path)."""
-        if self._pairs is None:
-            pl = self.plist
-            self._pairs = [(pl.in_rows[pl.starts[i]:pl.starts[i + 1]], pl.out_rows[pl.starts[i]:pl.starts[i + 1]])
-                           for i in range(pl.kvol)]
-        return self._pairs
+        return self.plist.per_offset()
 
 
 @dataclass
@@ -269,7 +273,6 @@ class ConvMap:
     is_subm: bool = False
     _table: Optional[torch.Tensor] = None
     _pos: Optional[torch.Tensor] = None
-    _pairs: Optional[list] = None
 
     def pair_list(self) -> PairList:
         return self.plist
@@ -291,12 +294,7 @@ class ConvMap:
         return self._pos if self.simple else None
 
     def pairs(self):
-        """Per offset ``(in_rows, out_rows)`` (for the plain per-offset path)."""
-        if self._pairs is None:
-            pl = self.plist
-            self._pairs = [(pl.in_rows[pl.starts[i]:pl.starts[i + 1]], pl.out_rows[pl.starts[i]:pl.starts[i + 1]])
-                           for i in range(pl.kvol)]
-        return self._pairs
+        return self.plist.per_offset()
 
 
 def subm_map(indices: torch.Tensor, spatial_shape, ksize, dilation=(1, 1, 1)) -> SubMMap:
@@ -304,7 +302,8 @@ def subm_map(indices: torch.Tensor, spatial_shape, ksize, dilation=(1, 1, 1)) ->
     so only the offsets before the centre are looked up; the others are the same pairs swapped."""
     ksize, dilation = _triple(ksize), _triple(dilation)
     if any(k % 2 == 0 for k in ksize):
-        raise NotImplementedError(f"submanifold convolution with an even kernel {ksize}")
+        raise ValueError(f"submanifold convolution needs an odd kernel size (its centre is the identity), "
+                         f"got {ksize}")
     dev = indices.device
     n = indices.shape[0]
     center = torch.tensor([k // 2 for k in ksize], device=dev)
@@ -738,10 +737,11 @@ class _SparseConvBase(nn.Module):
                  fp32_accum=None, record_voxel_count: bool = False, large_kernel_fast_algo: bool = False,
                  name=None, device=None, dtype=None):
         super().__init__()
+        # spconv options SpUNet never sets: refused as bad arguments rather than silently ignored
         if groups != 1:
-            raise NotImplementedError("groups != 1")
+            raise ValueError(f"sparse_torch convolutions take groups=1 only (got {groups})")
         if record_voxel_count:
-            raise NotImplementedError("record_voxel_count")
+            raise ValueError("sparse_torch convolutions do not record voxel counts (record_voxel_count=True)")
         self.ndim = 3
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = _triple(kernel_size)
