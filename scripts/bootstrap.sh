@@ -125,8 +125,18 @@ if [ "$INSTALLER" = uv ]; then
     say "warning: could not read pip's package sources ($(tail -n1 "$log")): pip installs everything (slower)"
     INSTALLER=pip
   else
-    mapfile -t uv_sources <"$log"
-    say "installer: $uv_pin, with the package sources of pip's configuration: ${uv_sources[*]:-its defaults}"
+    mapfile -t found <"$log"
+    # pip's CA bundle (pip's `cert`): uv reads it from SSL_CERT_FILE (it does not use the system's
+    # store by default: behind a TLS-inspecting proxy every request failed with UnknownIssuer)
+    for ((i = 0; i < ${#found[@]}; i++)); do
+      if [ "${found[i]}" = --cert ]; then
+        export SSL_CERT_FILE=${found[i + 1]}
+        i=$((i + 1))
+      else
+        uv_sources+=("${found[i]}")
+      fi
+    done
+    say "installer: $uv_pin, with the package sources of pip's configuration: ${uv_sources[*]:-its defaults}${SSL_CERT_FILE:+; CA bundle $SSL_CERT_FILE}"
   fi
 fi
 

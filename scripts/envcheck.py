@@ -10,7 +10,9 @@
     python envcheck.py pip-sources         print, one per line, the uv options that name the package
                                            sources this Python's pip is configured with (pip config
                                            files and PIP_* variables: index-url, extra-index-url,
-                                           find-links, no-index), so that uv installs from where pip would
+                                           find-links, no-index), so that uv installs from where pip would;
+                                           pip's `cert` (a CA bundle, e.g. of a TLS-inspecting proxy) as
+                                           "--cert PATH", which the bootstrap hands to uv as SSL_CERT_FILE
 
 Kept to syntax that old Pythons parse, so that `version` answers on any interpreter and the
 bootstrap can say which version it found.
@@ -81,7 +83,7 @@ def _url(url, timeout=10.0):
 
 # pip's configuration scopes, weakest first (a later one overrides an earlier one for the same key)
 _PIP_SCOPES = ("global", "user", "site", ":env:")
-_PIP_SOURCE_KEYS = ("index-url", "extra-index-url", "find-links", "no-index")
+_PIP_SOURCE_KEYS = ("index-url", "extra-index-url", "find-links", "no-index", "cert")
 
 
 def _pip_sources():

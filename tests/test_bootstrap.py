@@ -95,6 +95,7 @@ if [ "$1 $2" = "-m pip" ]; then
 fi
 if [ "$1 $2 $3" = "-m uv pip" ]; then
   [ -e "$venv/.fake-uv" ] || { echo "$self: No module named uv"; exit 1; }
+  echo "uv SSL_CERT_FILE=${SSL_CERT_FILE:-}" >>"$FAKE_LOG"
   if [ -n "${FAKE_UV_FAIL:-}" ] && [[ " $* " == *"$FAKE_UV_FAIL"* ]]; then
     echo "error: No solution found when resolving dependencies"
     exit 1
@@ -632,7 +633,19 @@ def test_pip_sources_reads_pips_configuration(tmp_path):
     assert base[base.index("--find-links") + 1] == "/opt/w"
     assert [base[i + 1] for i, a in enumerate(base) if a == "--extra-index-url"] == ["file:///a/simple",
                                                                                    "file:///b/simple"]
-    over = sources(PIP_FIND_LINKS="/x /y", PIP_INDEX_URL="https://mirror/simple", PIP_NO_INDEX="1")
+    over = sources(PIP_FIND_LINKS="/x /y", PIP_INDEX_URL="https://mirror/simple", PIP_NO_INDEX="1",
+                   PIP_CERT="/etc/ca.pem")
     assert over[:2] == ["--index-url", "https://mirror/simple"]
     assert [over[i + 1] for i, a in enumerate(over) if a == "--find-links"] == ["/x", "/y"]
     assert "--no-index" in over and "timeout" not in " ".join(over)
+    assert over[over.index("--cert") + 1] == "/etc/ca.pem"
+
+
+def test_uv_gets_pips_ca_bundle(m):
+    """pip's `cert` (the CA of a TLS-inspecting proxy) reaches uv as SSL_CERT_FILE, not as an option."""
+    r = m.run(PRETRAIN3D_INSTALLER="uv", FAKE_TORCH_LOCAL="1",
+              FAKE_PIP_SOURCES="--cert /etc/ssl/proxy-ca.pem --find-links /wheels")
+    _assert_ok(r)
+    assert "uv SSL_CERT_FILE=/etc/ssl/proxy-ca.pem" in r.calls
+    assert all("--cert" not in c and "--find-links /wheels" in c for c in m.uv_calls(r))
+    assert "CA bundle /etc/ssl/proxy-ca.pem" in r.out
