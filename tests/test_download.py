@@ -198,6 +198,20 @@ def test_tar_link_escaping_through_an_earlier_link_is_refused(tmp_path):
     assert not (tmp_path / "evil.txt").exists()
 
 
+def test_without_pythons_data_filter_the_same_archives_are_refused_and_kept(tmp_path, monkeypatch):
+    """Python 3.11 before 3.11.4 (Debian 12's 3.11.2) has no tarfile.data_filter: the fallback checks
+    real paths member by member (found running the test command in a clean Debian 12 chroot)."""
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    arc = _tar(tmp_path / "chain.tar", [("a", "sym", "."), ("b", "sym", "a/.."), ("b/evil.txt", "file", b"x")])
+    with pytest.raises(DataError) as e:
+        extract_archive(arc, tmp_path / "out")
+    assert str(arc) in str(e.value) and "'b'" in str(e.value)
+    assert not (tmp_path / "evil.txt").exists()
+    good = _tar(tmp_path / "good.tgz", [("scans/s0/a.txt", "file", b"a"), ("scans/s0/l", "sym", "a.txt")], "w:gz")
+    assert "scans/s0/a.txt" in extract_archive(good, tmp_path / "t")
+    assert (tmp_path / "t/scans/s0/a.txt").read_bytes() == b"a" and os.readlink(tmp_path / "t/scans/s0/l") == "a.txt"
+
+
 @pytest.mark.parametrize("name", ["../evil.txt", "/abs/evil.txt", "C:/evil.txt"])
 def test_zip_members_leaving_the_folder_are_refused(tmp_path, name):
     arc = tmp_path / "bad.zip"

@@ -221,8 +221,37 @@ def extract_archive(archive: str | Path, out_dir: str | Path) -> list[str]:
                 raise DataError(archive, f"refusing to extract member {member.name!r}: {err}",
                                 "the archive may be malicious or corrupt") from None
 
-        tf.extractall(out_dir, filter=_filter)
+        if hasattr(tarfile, "data_filter"):
+            tf.extractall(out_dir, filter=_filter)
+        else:
+            _extract_checking_real_paths(archive, tf, members, out_dir)
         return [m.name for m in members]
+
+
+def _extract_checking_real_paths(archive: Path, tf: tarfile.TarFile, members: list, out_dir: Path) -> None:
+    """What the 'data' filter checks, for Pythons without it (3.11 before 3.11.4: Debian 12 ships 3.11.2):
+    member by member, the real path it is written to (and a link's real target) must stay inside
+    ``out_dir`` given everything extracted before it; no set-uid/set-gid/sticky or group/other write bits."""
+    root = os.path.realpath(out_dir)
+
+    def inside(path: str) -> bool:
+        return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+    for m in members:
+        dest = os.path.join(root, m.name)
+        why = None
+        if not inside(os.path.dirname(dest)) or (not m.issym() and not inside(dest)):
+            why = "would be written outside the folder (through a link extracted before it)"
+        elif m.issym() and not inside(os.path.join(os.path.dirname(dest), m.linkname)):
+            why = f"is a symlink whose target {m.linkname!r} resolves outside the folder"
+        elif m.islnk() and not inside(os.path.join(root, m.linkname)):
+            why = f"is a hard link to {m.linkname!r}, outside the folder"
+        if why:
+            raise DataError(archive, f"refusing to extract member {m.name!r}: it {why}",
+                            "the archive may be malicious or corrupt")
+        if m.isfile() or m.isdir():
+            m.mode &= 0o755
+        tf.extract(m, root, set_attrs=not m.issym())
 
 
 # ----------------------------------------------------------------------------- user script
