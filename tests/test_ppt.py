@@ -136,8 +136,8 @@ def test_study_variants_and_jobs(tmp_path):
     from pretrain3d.workflow.steps import extra_datasets, study_jobs, study_variants
 
     cfg = _ppt_config(tmp_path)
-    assert study_variants(cfg) == ["single-ScanNet", "single-S3DIS", "joint", "ppt", "ppt_decoupled"]
-    assert len(study_jobs(cfg)) == 5 * len(cfg.experiment.seeds)
+    assert study_variants(cfg) == ["single-ScanNet", "single-S3DIS", "joint", "ppt"]
+    assert len(study_jobs(cfg)) == 4 * len(cfg.experiment.seeds)
     every = cfg.model_copy(update={"ppt_study": cfg.ppt_study.model_copy(update={"variants": [
         "single", "single_language", "joint", "ppt", "ppt_decoupled"]})})
     assert study_variants(every) == ["single-ScanNet", "single-S3DIS", "single_language-ScanNet",

@@ -7,15 +7,22 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def column_bounds(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column min and max of an (N, C) array, one column at a time: numpy's axis-0 reduction over a
+    few columns runs ~10x slower (~1 ms for 50k points; several calls per training sample)."""
+    cols = [a[:, i] for i in range(a.shape[1])]
+    return np.array([c.min() for c in cols], dtype=a.dtype), np.array([c.max() for c in cols], dtype=a.dtype)
+
+
 def grid_coordinates(coord: np.ndarray, grid_size: float) -> np.ndarray:
     """Integer voxel indices, shifted so that the minimum is 0 on each axis."""
     g = np.floor(coord / grid_size).astype(np.int64)
-    return g - g.min(axis=0, keepdims=True)
+    return g - column_bounds(g)[0]
 
 
 def _voxel_keys(grid: np.ndarray) -> np.ndarray:
     # Exact (collision-free) key: ravel the non-negative indices with the grid's extent.
-    dims = grid.max(axis=0) + 1
+    dims = column_bounds(grid)[1] + 1
     return np.ravel_multi_index(grid.T, dims)
 
 
