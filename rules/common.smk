@@ -34,6 +34,14 @@ envvars:
     "PRETRAIN3D_PROFILE_DIR",
 
 
+# Training jobs (pretrain, finetune): one process, or torchrun's N processes on the node
+# (train.distributed.nproc_per_node; engine/distributed.py), each with train.threads threads.
+_NPROC = PARAMS.train.distributed.nproc_per_node
+TRAIN_LAUNCH = "pretrain3d" if _NPROC == 1 else (
+    f"torchrun --standalone --nproc_per_node={_NPROC} --max-restarts=0 -m pretrain3d.cli")
+TRAIN_THREADS = PARAMS.train.threads * _NPROC
+TRAIN_GPUS = _NPROC if PARAMS.train.device == "cuda" else 0
+
 RESULTS = W.results_dir(PARAMS)
 LOGS = f"logs/{PARAMS.experiment.name}"  # per experiment, like the results
 BENCH = f"benchmarks/{PARAMS.experiment.name}"

@@ -12,14 +12,14 @@ rule finetune:
         f"{LOGS}/finetune/{{method}}-{{protocol}}-seed{{seed}}.log",
     benchmark:
         f"{BENCH}/finetune/{{method}}-{{protocol}}-seed{{seed}}.tsv"
-    threads: PARAMS.train.threads
+    threads: TRAIN_THREADS
     resources:
-        gpu=0,
+        gpu=TRAIN_GPUS,
     priority: 10
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d finetune --config $PRETRAIN3D_CONFIG --method {wildcards.method} --seed {wildcards.seed}"
+        TRAIN_LAUNCH + " finetune --config $PRETRAIN3D_CONFIG --method {wildcards.method} --seed {wildcards.seed}"
         " --protocol {wildcards.protocol} --init-backbone {input.backbone}"
         " --out-dir $(dirname {output.model})"
         " --no-progress > {log} 2>&1"

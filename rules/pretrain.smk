@@ -33,12 +33,14 @@ rule pretrain:
         f"{LOGS}/pretrain/{{method}}-seed{{seed}}.log",
     benchmark:
         f"{BENCH}/pretrain/{{method}}-seed{{seed}}.tsv"
-    threads: PARAMS.train.threads
+    threads: TRAIN_THREADS
+    resources:
+        gpu=TRAIN_GPUS,
     priority: 20
     conda:
         "../envs/cpu.yaml"
     shell:
-        "pretrain3d pretrain --config $PRETRAIN3D_CONFIG --method {wildcards.method} --seed {wildcards.seed}"
+        TRAIN_LAUNCH + " pretrain --config $PRETRAIN3D_CONFIG --method {wildcards.method} --seed {wildcards.seed}"
         " --out-dir $(dirname {output.backbone}) --no-progress > {log} 2>&1"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         status = 2
         return status
     finally:
-        profiling.write(args.cmd, _job_name(args), status)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, process 0 speaks for the job
+            profiling.write(args.cmd, _job_name(args), status)
 
 
 def _job_name(args) -> str:

@@ -298,6 +298,18 @@ class OptimConfig(_Strict):
     checkpoint_every: int = Field(25, ge=1, description="Steps between resumable checkpoints.")
 
 
+class DistributedConfig(_Strict):
+    """Data-parallel training under torchrun (engine/distributed.py): one process per device; the
+    global batch stays ``batch_size`` (each process takes batch_size / nproc_per_node samples of it)."""
+
+    nproc_per_node: int = Field(1, ge=1, description="Processes per training job (GPUs of the node): > 1 makes the "
+                                "pretrain and finetune rules launch `torchrun --standalone --nproc_per_node=N`; the "
+                                "batch sizes must be multiples of it.")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on CUDA, gloo on the CPU.")
+    sync_bn: bool = Field(True, description="BatchNorm statistics over the global batch (every process's voxels), "
+                          "so that N processes compute what one does; false: each process normalises its own share.")
+
+
 class TrainConfig(OptimConfig):
     """Fine-tuning: the optimisation fields of OptimConfig plus data and runtime settings."""
 
@@ -312,6 +324,7 @@ class TrainConfig(OptimConfig):
     val_every: int = Field(10, ge=1, description="Epochs between validations (the last epoch always validates).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the training process).")
     max_points: int | None = Field(None, ge=1, description="Random crop to at most this many voxels per scene.")
+    distributed: DistributedConfig = DistributedConfig()
     augment: AugmentConfig = AugmentConfig()
     threads: int = Field(
         1, ge=1, description="torch CPU threads per training/eval job; Snakemake reserves this many cores per job. "

@@ -6,12 +6,19 @@ optimiser, scheduler, AMP scaler, torch RNG state and the position in the epoch.
 any point and restarted continues from its last checkpoint and ends with the same weights as an
 uninterrupted run (tested with SIGKILL in tests/test_resume.py). The stage deletes the checkpoint
 once its outputs are complete (Trainer.discard_checkpoint), so rerunning a finished run trains again.
+
+Under torchrun (engine/distributed.py) the loop averages gradients and logged figures over the
+processes; process 0 alone saves checkpoints (with every process's RNG state), validates and reports.
+``PRETRAIN3D_TEST_KILL=RANK:STEP`` makes that process SIGKILL itself after that global step (the
+distributed resume test).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pretrain3d import profiling
+from pretrain3d.engine import distributed
 from pretrain3d.atomic import atomic_path
 from pretrain3d.errors import Pretrain3DError
 
@@ -123,6 +131,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "torch_rng_ranks": distributed.gather_rng_states(),
             "epoch": self.state.epoch,
             "step_in_epoch": self.state.step_in_epoch,
             "global_step": self.state.global_step,
@@ -131,7 +140,10 @@ class Trainer:
         }
 
     def save(self) -> None:
-        save_checkpoint(self.checkpoint_path, self._state_dict())
+        state = self._state_dict()  # collective under torchrun: every process takes part
+        if distributed.is_main():
+            save_checkpoint(self.checkpoint_path, state)
+        distributed.barrier()  # no process runs ahead of a checkpoint that is not written yet
 
     def discard_checkpoint(self) -> None:
         """Call once the run's outputs are written: the resume state has served its purpose. Left in
@@ -161,7 +173,12 @@ class Trainer:
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])
-        torch.set_rng_state(ck["torch_rng"])
+        ranks = ck.get("torch_rng_ranks") or [ck["torch_rng"]]
+        if len(ranks) != distributed.world_size():
+            raise CheckpointError(f"{self.checkpoint_path}: written by {len(ranks)} process(es), resumed with "
+                                  f"{distributed.world_size()}; resume with the same train.distributed.nproc_per_node "
+                                  f"or delete the checkpoint to start again")
+        torch.set_rng_state(ranks[distributed.rank()])
         self.state = TrainState(ck["epoch"], ck["step_in_epoch"], ck["global_step"], list(ck["history"]),
                                 dict(ck["epoch_sums"]))
         log.info("resumed from %s at epoch %d, step %d", self.checkpoint_path, self.state.epoch,
@@ -192,6 +209,7 @@ class Trainer:
         t1 = self._sync()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        distributed.average_gradients(self.model.parameters())
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
@@ -219,7 +237,8 @@ class Trainer:
         self.try_resume()
         total = self.epochs * self.steps_per_epoch
         bar = tqdm(total=total, initial=self.state.global_step, desc="train", unit="step",
-                   disable=not self.progress, dynamic_ncols=True)
+                   disable=not self.progress or not distributed.is_main(), dynamic_ncols=True)
+        kill_at = _test_kill_step()
         try:
             while self.state.epoch < self.epochs:
                 epoch = self.state.epoch
@@ -236,14 +255,16 @@ class Trainer:
                     bar.set_postfix(epoch=epoch, loss=f"{logs['loss']:.3f}")
                     if self.crash_after_steps is not None and self.state.global_step >= self.crash_after_steps:
                         raise SystemExit(f"simulated crash after {self.state.global_step} steps")
+                    if kill_at is not None and self.state.global_step >= kill_at:
+                        os.kill(os.getpid(), signal.SIGKILL)
                     if self.state.global_step % self.checkpoint_every == 0:
                         self.save()
                 # The sums live in the checkpoint, so a resumed epoch averages over all its batches.
                 n = max(self.state.step_in_epoch, 1)
-                metrics = {f"train/{k}": v / n for k, v in sums.items()}
+                metrics = {f"train/{k}": v / n for k, v in distributed.reduce_mean(sums).items()}
                 metrics["train/epoch_seconds"] = time.perf_counter() - t0
                 last = epoch == self.epochs - 1
-                if self.validate is not None and ((epoch + 1) % self.val_every == 0 or last):
+                if self.validate is not None and distributed.is_main() and ((epoch + 1) % self.val_every == 0 or last):
                     metrics.update({f"val/{k}": v for k, v in self.validate(self.model).items()})
                 metrics["epoch"] = epoch
                 log.info("epoch %d/%d: %s", epoch + 1, self.epochs,
@@ -253,8 +274,17 @@ class Trainer:
                 self.state.step_in_epoch = 0
                 self.state.epoch_sums = {}
                 self.save()
-                if self.on_epoch_end is not None:
+                if self.on_epoch_end is not None and distributed.is_main():
                     self.on_epoch_end(epoch, metrics)
         finally:
             bar.close()
         return self.state.history
+
+
+def _test_kill_step() -> int | None:
+    """The global step after which this process SIGKILLs itself (``PRETRAIN3D_TEST_KILL=RANK:STEP``)."""
+    spec = os.environ.get("PRETRAIN3D_TEST_KILL")
+    if not spec:
+        return None
+    r, step = (int(v) for v in spec.split(":"))
+    return step if r == distributed.rank() else None

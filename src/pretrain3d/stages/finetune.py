@@ -15,8 +15,10 @@ from torch.utils.data import BatchSampler, DataLoader
 from pretrain3d.atomic import write_json, write_text
 from pretrain3d.config import Params, config_hash, dump_yaml
 from pretrain3d.data.dataset import EpochSampler, EvalDataset, TrainDataset, collate, load_split
+from pretrain3d.engine.distributed import ShardedBatches
 from pretrain3d.data.labels import dataset_class_names
 from pretrain3d.data.protocols import limited_annotations, limited_reconstructions
+from pretrain3d.engine import distributed
 from pretrain3d.engine.optim import build_optimizer, build_scheduler
 from pretrain3d.engine.seed import resolve_device, seed_everything
 from pretrain3d.engine.trainer import CheckpointError, Trainer, load_checkpoint, load_state_strict, save_checkpoint
@@ -114,7 +116,19 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
     if protocol == "probe":
         tc = tc.model_copy(update={"epochs": cfg.protocols.probe_epochs, "lr": cfg.protocols.probe_lr})
     seed_everything(seed, threads=tc.threads)
-    device = resolve_device(tc.device)
+    device = distributed.setup(tc.distributed.backend, resolve_device(tc.device))
+    try:
+        return _finetune(cfg, tc, method, seed, out_dir, init_backbone, protocol, progress, crash_after_steps, device)
+    finally:
+        distributed.teardown()
+
+
+def _finetune(cfg: Params, tc, method: str, seed: int, out_dir: Path, init_backbone: str | None, protocol: str,
+              progress: bool, crash_after_steps: int | None, device: torch.device) -> dict:
+    main = distributed.is_main()
+    parallel = distributed.world_size() > 1 and protocol != "probe"
+    if protocol == "probe" and not main:
+        return {}  # the probe (seconds, frozen features) runs in process 0 alone
     nc = cfg.data.num_classes
 
     train_scenes = apply_protocol(cfg, protocol, load_split(cfg.data.processed_root, "train", nc))
@@ -142,13 +156,22 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
         log.info("initialised the backbone from %s (%s, seed %s)", init_backbone, ck.get("method"), ck.get("seed"))
     if protocol == "probe":
         model.freeze_backbone()
+    if parallel:
+        distributed.per_process_batch(tc.batch_size)
+        if tc.distributed.sync_bn:
+            model = distributed.convert_batchnorm(model)
     model = model.to(device)
+    if parallel:
+        distributed.broadcast_state(model)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], tc)
     scheduler = build_scheduler(optimizer, tc, tc.epochs * steps_per_epoch)
 
     def make_loader(epoch: int, start_batch: int):
         sampler = EpochSampler(len(train_ds), seed, epoch, shuffle=True, start=start_batch * tc.batch_size)
-        return DataLoader(train_ds, batch_sampler=BatchSampler(sampler, tc.batch_size, drop_last=False),
+        batches = BatchSampler(sampler, tc.batch_size, drop_last=False)
+        if parallel:  # this process's share of every global batch
+            batches = ShardedBatches(batches, distributed.rank(), distributed.world_size())
+        return DataLoader(train_ds, batch_sampler=batches,
                           collate_fn=collate, num_workers=tc.num_workers, pin_memory=device.type == "cuda")
 
     names = class_names(nc, cfg.data.dataset)
@@ -166,7 +189,8 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
     t0 = time.perf_counter()
     trainer = None  # the probe has no resumable state
     params = {**job_params(cfg), "labelled_points_per_scene": labelled_per_scene}
-    with job_run(cfg.tracking, f"finetune-{method}-{protocol}-seed{seed}", tags, params) as run:
+    tracking = cfg.tracking if main else cfg.tracking.model_copy(update={"enabled": False})
+    with job_run(tracking, f"finetune-{method}-{protocol}-seed{seed}", tags, params) as run:
         if protocol == "probe":
             # Frozen features are computed once (seconds); see methods/linear_probe.py.
             train_eval = EvalDataset(train_scenes, tc.grid_size)
@@ -186,6 +210,8 @@ def finetune(cfg: Params, method: str, seed: int, out_dir: str | Path, init_back
                 crash_after_steps=crash_after_steps)
             history = trainer.fit()
             steps = trainer.state.global_step
+            if not main:
+                return {"method": method, "protocol": protocol, "seed": seed, "rank": distributed.rank()}
         steps_here = trainer.steps_this_process if trainer is not None else steps
         # How many labelled points reached the loss: labelled voxels per training sample and step,
         # averaged over the run (LA: at most la_points; see data/protocols.py).

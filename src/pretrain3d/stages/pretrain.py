@@ -30,11 +30,14 @@ import math
 import time
 from pathlib import Path
 
+import torch
 from torch.utils.data import BatchSampler, DataLoader
 
 from pretrain3d.atomic import write_json, write_text
 from pretrain3d.config import Params, config_hash, dump_yaml
 from pretrain3d.data.dataset import EpochSampler
+from pretrain3d.engine import distributed
+from pretrain3d.engine.distributed import ShardedBatches
 from pretrain3d.engine.optim import build_optimizer, build_scheduler
 from pretrain3d.engine.seed import resolve_device, seed_everything
 from pretrain3d.engine.trainer import Trainer, save_checkpoint
@@ -75,18 +78,35 @@ def build_method(cfg: Params, method: str, scenes: list) -> MethodSetup:
 
 def pretrain(cfg: Params, method: str, seed: int, out_dir: str | Path, progress: bool = True,
              crash_after_steps: int | None = None) -> dict:
-    from pretrain3d.data.scene import load_split_scenes
-
     spec = trained_spec(method)  # an unknown or untrained method fails before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pc, tc = cfg.pretrain, cfg.train
     seed_everything(seed, threads=tc.threads)
-    device = resolve_device(tc.device)
+    device = distributed.setup(tc.distributed.backend, resolve_device(tc.device))
+    try:
+        return _pretrain(cfg, spec, method, seed, out_dir, progress, crash_after_steps, device)
+    finally:
+        distributed.teardown()
 
+
+def _pretrain(cfg: Params, spec: MethodSpec, method: str, seed: int, out_dir: Path, progress: bool,
+              crash_after_steps: int | None, device: torch.device) -> dict:
+    from pretrain3d.data.scene import load_split_scenes
+
+    pc, tc = cfg.pretrain, cfg.train
+    main, parallel = distributed.is_main(), distributed.world_size() > 1
     scenes = load_split_scenes(cfg.data.processed_root, "train", cfg.data.num_classes)
     setup = build_method(cfg, method, scenes)
-    ds, model = setup.dataset, setup.model.to(device)
+    model = setup.model
+    if parallel:
+        distributed.per_process_batch(pc.batch_size, "pretrain.batch_size")
+        if tc.distributed.sync_bn:
+            model = distributed.convert_batchnorm(model)
+    ds, model = setup.dataset, model.to(device)
+    if parallel:
+        distributed.broadcast_state(model)
+        distributed.reseed_process(seed)  # rays, pairs and masks drawn independently per process
     steps_per_epoch = setup.steps_per_epoch or math.ceil(len(ds) / pc.batch_size)
     optimizer = build_optimizer(model.parameters(), pc)
     scheduler = build_scheduler(optimizer, pc, pc.epochs * steps_per_epoch)
@@ -97,6 +117,8 @@ def pretrain(cfg: Params, method: str, seed: int, out_dir: str | Path, progress:
         else:
             sampler = EpochSampler(len(ds), seed, epoch, shuffle=True, start=start_batch * pc.batch_size)
             batch_sampler = BatchSampler(sampler, pc.batch_size, drop_last=False)
+        if parallel:  # this process's share of every global batch
+            batch_sampler = ShardedBatches(batch_sampler, distributed.rank(), distributed.world_size())
         return DataLoader(ds, batch_sampler=batch_sampler,
                           collate_fn=setup.collate, num_workers=tc.num_workers, pin_memory=device.type == "cuda")
 
@@ -104,7 +126,8 @@ def pretrain(cfg: Params, method: str, seed: int, out_dir: str | Path, progress:
     tags = job_tags(cfg, "pretrain", method=method, seed=seed, uses_gt_labels=uses_gt, **setup.tags)
     fingerprint = run_fingerprint(cfg, method, seed, setup.fingerprint)
     t0 = time.perf_counter()
-    with job_run(cfg.tracking, f"pretrain-{method}-seed{seed}", tags, job_params(cfg)) as run:
+    tracking = cfg.tracking if main else cfg.tracking.model_copy(update={"enabled": False})
+    with job_run(tracking, f"pretrain-{method}-seed{seed}", tags, job_params(cfg)) as run:
         trainer = Trainer(
             model=model, loss_fn=setup.loss_fn, optimizer=optimizer, scheduler=scheduler, make_loader=make_loader,
             steps_per_epoch=steps_per_epoch, epochs=pc.epochs, checkpoint_path=out_dir / "checkpoint" / "last.pt",
@@ -113,6 +136,8 @@ def pretrain(cfg: Params, method: str, seed: int, out_dir: str | Path, progress:
             progress=progress, crash_after_steps=crash_after_steps)
         history = trainer.fit()
         seconds = time.perf_counter() - t0
+        if not main:  # process 0 writes the outputs
+            return {"method": method, "seed": seed, "rank": distributed.rank()}
 
         backbone = setup.export_backbone(model) if setup.export_backbone else \
             {k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}
