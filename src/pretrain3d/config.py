@@ -584,11 +584,18 @@ class EvalConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (relative sqlite paths: repo root).")
-    artifact_root: str = Field("mlartifacts", description="Artifact location for new experiments.")
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (relative sqlite paths: repo root), or "
+                     "a tracking server's http(s)://host:port for cluster runs (README: scripts/tracking_server.sh).")
+    artifact_root: str = Field("mlartifacts", description="Artifact location for new experiments (a file store; "
+                               "a tracking server keeps its own).")
     experiment: str = "pretrain3d"
     enabled: bool = True
     log_checkpoint: bool = Field(True, description="Log the final checkpoint as an MLflow artifact.")
+    retries: int = Field(5, ge=0, description="Retries of a tracking call that met a locked sqlite store or an "
+                         "unreachable server, with exponential backoff; then the job fails naming the URI.")
+    retry_backoff: float = Field(0.5, gt=0, description="Seconds before the first retry, doubled at each "
+                                 "(5 retries: 15.5 s at most).")
+    http_timeout: float = Field(30.0, gt=0, description="Seconds per request to a tracking server.")
 
 
 class QueriesConfig(_Strict):

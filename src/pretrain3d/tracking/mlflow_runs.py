@@ -4,6 +4,13 @@ Every Snakemake job is its own process, so the parent run id travels in the envi
 variable PRETRAIN3D_PARENT_RUN_ID (set by the Snakefile's ``onstart``). ``dvc repro`` has no such
 hook and runs one Snakemake per stage: there the parent is found (or created) by the tag
 ``pipeline_key`` = config hash + git commit, so the stages of one repro share a parent.
+
+Under load (hundreds of cluster jobs, or 16 processes on one sqlite file) a tracking call that meets a
+locked sqlite store or an unreachable server is retried ``tracking.retries`` times with exponential
+backoff (``tracking.retry_backoff``, doubled each time); after that the job fails with a
+:class:`TrackingError` naming the URI: never a job that succeeds with its metrics lost. MLflow's own
+HTTP retries are turned off (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` unless set) so that this policy is
+the one bound. ``scripts/bench_tracking.py`` is the load test (16 processes x 200 metrics).
 """
 
 from __future__ import annotations
@@ -17,12 +24,68 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from pretrain3d import profiling
+from pretrain3d.errors import Pretrain3DError
 
 log = logging.getLogger(__name__)
+
+# Before any mlflow import: MLflow 3.17's telemetry thread sets and unsets an environment variable while
+# a request is being built in the main thread, which failed 1 of 16 jobs of the load test with
+# KeyError('_MLFLOW_TELEMETRY_SESSION_ID') (and it only tries to reach the internet).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 PARENT_ENV = "PRETRAIN3D_PARENT_RUN_ID"
 # Parents reused by later DVC stages only if this recent: a repro older than that is another invocation.
 DVC_PARENT_WINDOW_S = 12 * 3600
+
+
+class TrackingError(Pretrain3DError):
+    """The tracking store could not be reached or written after the configured retries."""
+
+
+_TRANSIENT = ("database is locked", "database table is locked", "connection refused", "max retries exceeded",
+              "failed to establish a new connection", "connection aborted", "connection reset", "read timed out",
+              "temporarily unavailable", "503", "502", "504")
+
+
+def _transient(err: BaseException) -> bool:
+    """A locked sqlite store or a server that is down/overloaded: worth retrying. Anything else (a bad
+    request, a missing run) is not."""
+    text = f"{type(err).__name__}: {err}".lower()
+    return any(t in text for t in _TRANSIENT) or type(err).__name__ in ("ConnectionError", "Timeout",
+                                                                         "ConnectTimeout", "ReadTimeout")
+
+
+class _Retry:
+    """Runs tracking calls under the retry policy of a ``tracking`` config section."""
+
+    def __init__(self, tracking_cfg, uri: str | None = None):
+        self.uri = uri or tracking_cfg.uri
+        self.retries = getattr(tracking_cfg, "retries", 5)
+        self.backoff = getattr(tracking_cfg, "retry_backoff", 0.5)
+        self.retried = 0  # retries this handle needed (the load test reports them)
+
+    def __call__(self, what: str, fn: Callable[[], Any]) -> Any:
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except Exception as err:  # MLflow wraps sqlalchemy and requests errors in several types
+                if not _transient(err):
+                    raise
+                if attempt == self.retries:
+                    raise TrackingError(f"MLflow tracking store {self.uri}: {what} failed after {attempt + 1} "
+                                        f"attempt(s) over {self.backoff * (2 ** attempt - 1):.1f} s of backoff "
+                                        f"({type(err).__name__}: {str(err)[:300]}); is the server up / the "
+                                        f"database reachable? (tracking.uri, tracking.retries)") from None
+                log.warning("%s: %s failed (%s); retry %d/%d in %.1f s", self.uri, what, type(err).__name__,
+                            attempt + 1, self.retries, delay)
+                self.retried += 1
+                time.sleep(delay)
+                delay *= 2
+
+
+def _is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
 
 
 def resolve_uri(uri: str, root: str | Path = ".") -> str:
@@ -41,18 +104,26 @@ def setup(tracking_cfg, root: str | Path = "."):
 
     os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # one retry policy (ours, bounded); MLflow's default would retry a dead server for minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(getattr(tracking_cfg, "http_timeout", 30))))
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    retry = _Retry(tracking_cfg)
     mlflow.set_tracking_uri(resolve_uri(tracking_cfg.uri, root))
-    exp = mlflow.get_experiment_by_name(tracking_cfg.experiment)
-    art = Path(root, tracking_cfg.artifact_root).resolve().as_uri()
+    exp = retry("reading the experiment", lambda: mlflow.get_experiment_by_name(tracking_cfg.experiment))
+    # a server keeps artifacts where it was told (--artifacts-destination); a file store beside the repo
+    art = None if _is_server(tracking_cfg.uri) else Path(root, tracking_cfg.artifact_root).resolve().as_uri()
     if exp is not None:
-        if exp.artifact_location != art:
+        if art is not None and exp.artifact_location != art:
             _follow_moved_repository(tracking_cfg.uri, root, exp.artifact_location, art)
         return exp.experiment_id
     try:
-        return mlflow.create_experiment(tracking_cfg.experiment, artifact_location=art)
+        return retry("creating the experiment",
+                     lambda: mlflow.create_experiment(tracking_cfg.experiment, artifact_location=art))
+    except TrackingError:
+        raise
     except Exception:  # created meanwhile by a concurrent job
-        exp = mlflow.get_experiment_by_name(tracking_cfg.experiment)
+        exp = retry("reading the experiment", lambda: mlflow.get_experiment_by_name(tracking_cfg.experiment))
         if exp is None:
             raise
         return exp.experiment_id
@@ -155,8 +226,9 @@ def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
 class JobRun:
     """Thin handle over an active child run; every call is a no-op when tracking is disabled."""
 
-    def __init__(self, run_id: str | None):
+    def __init__(self, run_id: str | None, retry: _Retry | None = None):
         self.run_id = run_id
+        self.retry = retry or (lambda what, fn: fn())
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.run_id is None:
@@ -170,7 +242,7 @@ class JobRun:
         clean = {k.replace("@", "_"): float(v) for k, v in metrics.items()
                  if v is not None and isinstance(v, (int, float))}
         if clean:
-            mlflow.log_metrics(clean, step=step)
+            self.retry("logging metrics", lambda: mlflow.log_metrics(clean, step=step))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.run_id is None or not Path(path).exists():
@@ -178,7 +250,7 @@ class JobRun:
         import mlflow
 
         with profiling.phase("tracking"):
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            self.retry(f"logging artifact {path}", lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self.run_id is None:
@@ -186,23 +258,24 @@ class JobRun:
         import mlflow
 
         with profiling.phase("tracking"):
-            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+            self.retry("setting tags", lambda: mlflow.set_tags({k: str(v) for k, v in tags.items()}))
 
 
 class _TimedContext:
-    """Opens (``factory()`` + ``__enter__``) and closes a context, counting both as tracking time."""
+    """Opens (``factory()`` + ``__enter__``) and closes a context, counting both as tracking time; both
+    under the retry policy."""
 
-    def __init__(self, factory: Callable[[], Any]):
-        self.factory = factory
+    def __init__(self, factory: Callable[[], Any], retry: _Retry):
+        self.factory, self.retry = factory, retry
 
     def __enter__(self):
         with profiling.phase("tracking"):
-            self.cm = self.factory()
+            self.cm = self.retry("opening the run", self.factory)
             return self.cm.__enter__()
 
     def __exit__(self, *exc):
         with profiling.phase("tracking"):
-            return self.cm.__exit__(*exc)
+            return self.retry("closing the run", lambda: self.cm.__exit__(*exc))
 
 
 @contextlib.contextmanager
@@ -215,23 +288,24 @@ def job_run(tracking_cfg, run_name: str, tags: dict[str, str], params: dict[str,
     import mlflow
     from mlflow import MlflowClient
 
+    retry = _Retry(tracking_cfg)
     with profiling.phase("tracking"):
         setup(tracking_cfg, root)
         parent = os.environ.get(PARENT_ENV)
         if parent is None and os.environ.get("DVC_STAGE"):
             parent = find_or_start_dvc_parent(tracking_cfg, tags.get("pipeline_key", tags.get("config_hash", "")),
                                               run_name=f"dvc-{tags.get('config_hash', '')}", tags=tags, root=root)
-        exp = mlflow.get_experiment_by_name(tracking_cfg.experiment)
+        exp = retry("reading the experiment", lambda: mlflow.get_experiment_by_name(tracking_cfg.experiment))
 
     def open_run():
         return mlflow.start_run(run_name=run_name, experiment_id=exp.experiment_id, parent_run_id=parent,
                                 tags={**tags, "run_type": tags.get("run_type", "job")})
 
-    with _sigterm_raises(), _TimedContext(open_run) as run:
+    with _sigterm_raises(), _TimedContext(open_run, retry) as run:
         with profiling.phase("tracking"):
-            _log_params(MlflowClient(), run.info.run_id, params)
+            retry("logging params", lambda: _log_params(MlflowClient(), run.info.run_id, params))
         try:
-            yield JobRun(run.info.run_id)
+            yield JobRun(run.info.run_id, retry)
         except Terminated:
             mlflow.end_run("KILLED")  # the with-block then finds no active run and changes nothing
             raise
