@@ -41,6 +41,12 @@ TRAIN_LAUNCH = "pretrain3d" if _NPROC == 1 else (
     f"torchrun --standalone --nproc_per_node={_NPROC} --max-restarts=0 -m pretrain3d.cli")
 TRAIN_THREADS = PARAMS.train.threads * _NPROC
 TRAIN_GPUS = _NPROC if PARAMS.train.device == "cuda" else 0
+# What a cluster executor asks for a training job (cluster section; partition/account: profiles/slurm).
+TRAIN_RESOURCES = {"gpu": TRAIN_GPUS, "mem_mb": PARAMS.cluster.train_mem_mb, "runtime": PARAMS.cluster.train_runtime}
+if TRAIN_GPUS:
+    TRAIN_RESOURCES["cpus_per_gpu"] = PARAMS.cluster.cpus_per_gpu
+    if PARAMS.cluster.gpu_model:
+        TRAIN_RESOURCES["gpu_model"] = PARAMS.cluster.gpu_model
 
 RESULTS = W.results_dir(PARAMS)
 LOGS = f"logs/{PARAMS.experiment.name}"  # per experiment, like the results

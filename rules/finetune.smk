@@ -14,12 +14,12 @@ rule finetune:
         f"{BENCH}/finetune/{{method}}-{{protocol}}-seed{{seed}}.tsv"
     threads: TRAIN_THREADS
     resources:
-        gpu=TRAIN_GPUS,
+        **TRAIN_RESOURCES,
     priority: 10
     conda:
         "../envs/cpu.yaml"
     shell:
-        TRAIN_LAUNCH + " finetune --config $PRETRAIN3D_CONFIG --method {wildcards.method} --seed {wildcards.seed}"
-        " --protocol {wildcards.protocol} --init-backbone {input.backbone}"
-        " --out-dir $(dirname {output.model})"
-        " --no-progress > {log} 2>&1"
+        f"{TRAIN_LAUNCH} finetune --config $PRETRAIN3D_CONFIG --method {{wildcards.method}} --seed {{wildcards.seed}}"
+        f" --protocol {{wildcards.protocol}} --init-backbone {{input.backbone}}"
+        f" --out-dir $(dirname {{output.model}})"
+        f" --no-progress > {{log}} 2>&1"

@@ -35,13 +35,13 @@ rule pretrain:
         f"{BENCH}/pretrain/{{method}}-seed{{seed}}.tsv"
     threads: TRAIN_THREADS
     resources:
-        gpu=TRAIN_GPUS,
+        **TRAIN_RESOURCES,
     priority: 20
     conda:
         "../envs/cpu.yaml"
     shell:
-        TRAIN_LAUNCH + " pretrain --config $PRETRAIN3D_CONFIG --method {wildcards.method} --seed {wildcards.seed}"
-        " --out-dir $(dirname {output.backbone}) --no-progress > {log} 2>&1"
+        f"{TRAIN_LAUNCH} pretrain --config $PRETRAIN3D_CONFIG --method {{wildcards.method}} --seed {{wildcards.seed}}"
+        f" --out-dir $(dirname {{output.backbone}}) --no-progress > {{log}} 2>&1"
 
 
 rule real_check:

@@ -13,7 +13,7 @@ import yaml
 from conftest import REPO, tiny_overrides
 from pretrain3d.config import deep_merge, load_config
 
-COPY = ["Snakefile", "rules", "envs", "dvc.yaml", "src", "scripts", "pyproject.toml"]
+COPY = ["Snakefile", "rules", "envs", "dvc.yaml", "src", "scripts", "pyproject.toml", "profiles"]
 
 
 def make_workdir(tmp: Path, extra: dict | None = None, git: bool = False) -> Path:

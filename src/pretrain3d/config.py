@@ -698,6 +698,18 @@ class PPTStudyConfig(_Strict):
         "the S3DIS-like rooms have ~19k voxels, the ScanNet-like ~11k, the Structured3D-like ~8.6k.")
 
 
+class ClusterConfig(_Strict):
+    """What a cluster executor (profiles/slurm) asks for the training jobs (pretrain, finetune); the local
+    run ignores it. GPUs follow train.distributed.nproc_per_node when train.device is cuda; partition and
+    account are the user's, in the profile (README: Cluster)."""
+
+    train_mem_mb: int = Field(32000, ge=100, description="Memory of a pretrain/finetune job (sbatch --mem), MB.")
+    train_runtime: int = Field(1440, ge=1, description="Time limit of a pretrain/finetune job (sbatch --time), "
+                               "minutes; a job stopped by it resumes from its checkpoint when rerun.")
+    cpus_per_gpu: int = Field(8, ge=1, description="CPUs per GPU of a GPU training job (data loading).")
+    gpu_model: str | None = Field(None, description="e.g. a100: sbatch --gpus=a100:N; null: any GPU.")
+
+
 class Params(_Strict):
     experiment: ExperimentConfig = ExperimentConfig()
     data: DataConfig = DataConfig()
@@ -711,6 +723,7 @@ class Params(_Strict):
     multi_dataset: MultiDatasetConfig = MultiDatasetConfig()
     ppt_study: PPTStudyConfig = PPTStudyConfig()
     tracking: TrackingConfig = TrackingConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     @field_validator("experiment")
     @classmethod

@@ -189,7 +189,8 @@ def mlflow_server(backend_uri: str, artifacts: str | Path, host: str = "127.0.0.
 def main(argv: list[str] | None = None) -> int:
     """Run PostgreSQL + the MLflow server in the foreground until Ctrl-C (scripts/tracking_server.sh)."""
     import argparse
-    import signal
+
+    from pretrain3d.foreground import serve
 
     ap = argparse.ArgumentParser(prog="tracking_server.sh", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -200,24 +201,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--no-install", action="store_true", help="never apt-get install postgresql")
     args = ap.parse_args(argv)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     data = Path(args.data)
-    try:
+
+    @contextlib.contextmanager
+    def start():
         with postgres(data, args.db_port, install=not args.no_install) as db, \
                 mlflow_server(db, data / "artifacts", args.host, args.port, args.workers,
                               data / "mlflow-server.log") as url:
-            print(f"MLflow tracking server at {url} (database {db}, artifacts {data / 'artifacts'}); "
-                  f"set tracking.uri: {url} (the nodes' address of this host when serving 0.0.0.0). Ctrl-C stops.",
-                  flush=True)
-            while not stop:
-                time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    except ServerError as err:
-        print(f"tracking_server: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+            yield url, db
+
+    return serve(start, lambda v: (f"MLflow tracking server at {v[0]} (database {v[1]}, artifacts "
+                                   f"{data / 'artifacts'}); set tracking.uri: {v[0]} (the nodes' address of this "
+                                   f"host when serving 0.0.0.0). Ctrl-C stops."), ServerError, "tracking_server")
 
 
 if __name__ == "__main__":
