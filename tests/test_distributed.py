@@ -75,8 +75,8 @@ def _max_diff(a: dict, b: dict) -> tuple[float, str]:
 
 def test_two_processes_equal_one_with_the_same_global_batch(cfg_file, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run(_cmd(cfg_file, one, 1), check=True, capture_output=True, env=_env())
-    r = subprocess.run(_cmd(cfg_file, two, 2), capture_output=True, text=True, env=_env())
+    subprocess.run(_cmd(cfg_file, one, 1), check=True, capture_output=True, timeout=300, env=_env())
+    r = subprocess.run(_cmd(cfg_file, two, 2), capture_output=True, timeout=300, text=True, env=_env())
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _weights(one), _weights(two)
     diff, key = _max_diff(a, b)
@@ -94,24 +94,24 @@ def test_per_process_bn_differs_without_sync_bn(cfg_file, tmp_path):
     local = tmp_path / "params.yaml"
     local.write_text(yaml.safe_dump(cfg))
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run(_cmd(cfg_file, one, 1), check=True, capture_output=True, env=_env())
-    subprocess.run(_cmd(local, two, 2), check=True, capture_output=True, env=_env())
+    subprocess.run(_cmd(cfg_file, one, 1), check=True, capture_output=True, timeout=300, env=_env())
+    subprocess.run(_cmd(local, two, 2), check=True, capture_output=True, timeout=300, env=_env())
     diff, _ = _max_diff(_weights(one), _weights(two))
     assert diff > 100 * ATOL
 
 
 def test_kill_one_process_then_rerun_equals_uninterrupted(cfg_file, tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
-    subprocess.run(_cmd(cfg_file, ref, 2), check=True, capture_output=True, env=_env())
+    subprocess.run(_cmd(cfg_file, ref, 2), check=True, capture_output=True, timeout=300, env=_env())
     # process 1 SIGKILLs itself after global step 5 of 8; torchrun stops process 0 and fails the job
-    r = subprocess.run(_cmd(cfg_file, killed, 2), capture_output=True, text=True,
+    r = subprocess.run(_cmd(cfg_file, killed, 2), capture_output=True, timeout=300, text=True,
                        env=_env(PRETRAIN3D_TEST_KILL="1:5"))
     assert r.returncode != 0
     assert str(signal.SIGKILL.value) in r.stderr or "SIGKILL" in r.stderr, r.stderr[-2000:]
     ck = load_checkpoint(killed / "checkpoint" / "last.pt")
     assert 1 <= ck["global_step"] <= 5 and len(ck["torch_rng_ranks"]) == 2
     assert not (killed / "model.pt").exists()
-    r = subprocess.run(_cmd(cfg_file, killed, 2), capture_output=True, text=True, env=_env())
+    r = subprocess.run(_cmd(cfg_file, killed, 2), capture_output=True, timeout=300, text=True, env=_env())
     assert r.returncode == 0, r.stderr[-3000:]
     diff, key = _max_diff(_weights(ref), _weights(killed))
     assert diff == 0.0, f"resumed run differs at {key} by {diff}"
@@ -120,9 +120,9 @@ def test_kill_one_process_then_rerun_equals_uninterrupted(cfg_file, tmp_path):
 
 def test_resume_with_another_process_count_is_refused(cfg_file, tmp_path):
     out = tmp_path / "run"
-    r = subprocess.run(_cmd(cfg_file, out, 2), capture_output=True, text=True, env=_env(PRETRAIN3D_TEST_KILL="0:3"))
+    r = subprocess.run(_cmd(cfg_file, out, 2), capture_output=True, timeout=300, text=True, env=_env(PRETRAIN3D_TEST_KILL="0:3"))
     assert r.returncode != 0 and (out / "checkpoint" / "last.pt").exists()
-    r = subprocess.run(_cmd(cfg_file, out, 1), capture_output=True, text=True, env=_env())
+    r = subprocess.run(_cmd(cfg_file, out, 1), capture_output=True, timeout=300, text=True, env=_env())
     assert r.returncode != 0
     assert "written by 2 process(es), resumed with 1" in r.stderr
 
@@ -146,7 +146,7 @@ def test_pretraining_under_torchrun_writes_one_backbone_that_loads(cfg_file, tmp
     out = tmp_path / "ponderv2"
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node=2", "--max-restarts=0", "-m", "pretrain3d.cli", "pretrain",
            "--config", str(cfg_file), "--method", "ponderv2", "--seed", "0", "--out-dir", str(out), "--no-progress"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+    r = subprocess.run(cmd, capture_output=True, timeout=300, text=True, env=_env())
     assert r.returncode == 0, r.stderr[-3000:]
     import json
 

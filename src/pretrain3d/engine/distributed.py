@@ -76,6 +76,10 @@ def setup(backend: str, device: torch.device) -> torch.device:
     name = backend if backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
     if name == "nccl" and device.type != "cuda":
         raise ConfigError("train.distributed.backend nccl needs CUDA devices; use gloo (or auto) on the CPU")
+    if name == "gloo" and os.environ.get("LOCAL_WORLD_SIZE") == os.environ.get("WORLD_SIZE"):
+        # one node (the rules' torchrun --standalone): loopback. Gloo otherwise looks up the host name,
+        # and hangs where /etc/hosts does not list it (seen in a clean Debian 12 chroot)
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group(name)
     log.info("process %d of %d (%s backend) on %s", dist.get_rank(), dist.get_world_size(), name, device)
     return device

@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tracking_server.sh", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="folder for the database cluster, the artifacts and the logs")
-    ap.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve the cluster's nodes")
+    ap.add_argument("--host", default="127.0.0.1", help="an address the cluster's nodes reach (internal network: the server has no authentication)")
     ap.add_argument("--port", type=int, default=5000)
     ap.add_argument("--db-port", type=int, default=None, help="PostgreSQL's port (default: a free one)")
     ap.add_argument("--workers", type=int, default=4)
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
     return serve(start, lambda v: (f"MLflow tracking server at {v[0]} (database {v[1]}, artifacts "
                                    f"{data / 'artifacts'}); set tracking.uri: {v[0]} (the nodes' address of this "
-                                   f"host when serving 0.0.0.0). Ctrl-C stops."), ServerError, "tracking_server")
+                                   f"host). Ctrl-C stops."), ServerError, "tracking_server")
 
 
 if __name__ == "__main__":
