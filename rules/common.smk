@@ -38,7 +38,7 @@ envvars:
 # (train.distributed.nproc_per_node; engine/distributed.py), each with train.threads threads.
 _NPROC = PARAMS.train.distributed.nproc_per_node
 TRAIN_LAUNCH = "pretrain3d" if _NPROC == 1 else (
-    f"torchrun --standalone --nproc_per_node={_NPROC} --max-restarts=0 -m pretrain3d.cli")
+    f"torchrun --standalone --local-addr=127.0.0.1 --nproc_per_node={_NPROC} --max-restarts=0 -m pretrain3d.cli")
 TRAIN_THREADS = PARAMS.train.threads * _NPROC
 TRAIN_GPUS = _NPROC if PARAMS.train.device == "cuda" else 0
 # What a cluster executor asks for a training job (cluster section; partition/account: profiles/slurm).

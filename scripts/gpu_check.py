@@ -109,7 +109,8 @@ def backbone_bench(device: str) -> dict:
 
 
 def ddp_check(cfg_file: Path, out: Path) -> dict:
-    cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2", "--max-restarts=0",
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--local-addr=127.0.0.1",
+           "--nproc_per_node=2", "--max-restarts=0",
            "-m", "pretrain3d.cli", "finetune", "--config", str(cfg_file), "--method", "scratch", "--seed", "0",
            "--protocol", "full", "--out-dir", str(out), "--no-progress"]
     t0 = time.perf_counter()

@@ -54,7 +54,8 @@ def _cmd(cfg_file: Path, out: Path, procs: int) -> list[str]:
              "--no-progress"]
     if procs == 1:
         return [sys.executable, "-m", "pretrain3d.cli", *stage]
-    return [TORCHRUN, "--standalone", f"--nproc_per_node={procs}", "--max-restarts=0", "-m", "pretrain3d.cli", *stage]
+    return [TORCHRUN, "--standalone", "--local-addr=127.0.0.1", f"--nproc_per_node={procs}", "--max-restarts=0",
+            "-m", "pretrain3d.cli", *stage]
 
 
 def _env(**extra) -> dict:
@@ -144,7 +145,8 @@ def test_pretraining_under_torchrun_writes_one_backbone_that_loads(cfg_file, tmp
     from pretrain3d.models.segmentor import build_backbone
 
     out = tmp_path / "ponderv2"
-    cmd = [TORCHRUN, "--standalone", "--nproc_per_node=2", "--max-restarts=0", "-m", "pretrain3d.cli", "pretrain",
+    cmd = [TORCHRUN, "--standalone", "--local-addr=127.0.0.1", "--nproc_per_node=2", "--max-restarts=0",
+           "-m", "pretrain3d.cli", "pretrain",
            "--config", str(cfg_file), "--method", "ponderv2", "--seed", "0", "--out-dir", str(out), "--no-progress"]
     r = subprocess.run(cmd, capture_output=True, timeout=300, text=True, env=_env())
     assert r.returncode == 0, r.stderr[-3000:]

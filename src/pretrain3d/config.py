@@ -303,7 +303,7 @@ class DistributedConfig(_Strict):
     global batch stays ``batch_size`` (each process takes batch_size / nproc_per_node samples of it)."""
 
     nproc_per_node: int = Field(1, ge=1, description="Processes per training job (GPUs of the node): > 1 makes the "
-                                "pretrain and finetune rules launch `torchrun --standalone --nproc_per_node=N`; the "
+                                "pretrain and finetune rules launch `torchrun --standalone --local-addr=127.0.0.1 --nproc_per_node=N`; the "
                                 "batch sizes must be multiples of it.")
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on CUDA, gloo on the CPU.")
     sync_bn: bool = Field(True, description="BatchNorm statistics over the global batch (every process's voxels), "

@@ -1,7 +1,9 @@
 """Data-parallel training under torchrun: one process per device, the same global batch.
 
-``torchrun --standalone --nproc_per_node=W -m pretrain3d.cli finetune|pretrain ...`` (the rules launch
-that when ``train.distributed.nproc_per_node`` > 1) sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
+``torchrun --standalone --local-addr=127.0.0.1 --nproc_per_node=W -m pretrain3d.cli finetune|pretrain ...``
+(the rules launch that when ``train.distributed.nproc_per_node`` > 1; ``--local-addr``: the processes
+meet on loopback, not at the host name, which a machine's /etc/hosts may not list: in a clean Debian
+chroot the run hung there) sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
 :func:`setup` joins the process group (gloo on the CPU, nccl on CUDA unless
 ``train.distributed.backend`` says otherwise) and binds each process to its local GPU.
 
