@@ -40,4 +40,5 @@ onerror:
 rule all:
     default_target: True
     input:
+        BENCHMARK_REPORT_FILES,
         REPORT_FILES,

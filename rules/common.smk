@@ -52,6 +52,7 @@ RESULTS = W.results_dir(PARAMS)
 LOGS = f"logs/{PARAMS.experiment.name}"  # per experiment, like the results
 BENCH = f"benchmarks/{PARAMS.experiment.name}"
 REPORT_FILES = list(W.report_outputs(PARAMS).values())
+BENCHMARK_REPORT_FILES = list(W.benchmark_report_outputs(PARAMS).values())
 
 
 wildcard_constraints:

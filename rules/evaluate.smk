@@ -14,7 +14,7 @@ rule evaluate:
     benchmark:
         f"{BENCH}/evaluate/{{method}}.tsv"
     threads: PARAMS.train.threads
-    priority: 5
+    priority: 15
     conda:
         "../envs/cpu.yaml"
     shell:

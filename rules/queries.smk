@@ -16,7 +16,6 @@ rule scene_queries:
     benchmark:
         f"{BENCH}/queries/{{source}}-seed{{seed}}.tsv"
     threads: PARAMS.train.threads
-    priority: 5
     conda:
         "../envs/cpu.yaml"
     shell:

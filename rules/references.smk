@@ -13,6 +13,7 @@ rule log_references:
         "logs/log_references.log",
     benchmark:
         "benchmarks/log_references.tsv"
+    priority: 15  # the early method-comparison report waits for it
     conda:
         "../envs/cpu.yaml"
     shell:

@@ -43,8 +43,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seed")
     ap.add_argument("--protocol")
     ap.add_argument("--source")
+    ap.add_argument("--no-tracking", action="store_true")  # `report` as the early method comparison
     args, _ = ap.parse_known_args(argv)
-    step = STEPS[COMMAND_STEP[args.cmd]]
+    step = STEPS["benchmark_report" if args.cmd == "report" and args.no_tracking else COMMAND_STEP[args.cmd]]
     cfg = load_config(*args.config)
     w = {k: getattr(args, k) for k in step.wildcards}
     inputs = [f for v in step.inputs(cfg, w).values() for f in ([v] if isinstance(v, str) else v)]

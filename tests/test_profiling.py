@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -128,3 +129,16 @@ def test_reference_workload_and_budget_line(tmp_path):
                           capture_output=True, text=True).stdout
     assert "install 120 s + pipeline 800 s = 920 s (OVER the 15-minute budget)" in line
     assert "pipeline = 400 reference units" in line
+    # the early method-comparison report: timed by its modification time, older files ignored
+    early, old = tmp_path / "a" / "benchmark" / "report.md", tmp_path / "b" / "benchmark" / "report.md"
+    for f, t in ((early, 700), (old, 100)):
+        f.parent.mkdir(parents=True)
+        f.write_text("x")
+        os.utime(f, (t, t))
+    out = subprocess.run([sys.executable, str(REPO / "scripts/run_budget.py"), "--install-start", "0",
+                          "--start", "120", "--end", "920", "--reference", str(ref),
+                          "--milestone", str(tmp_path / "*" / "benchmark" / "report.md")],
+                         capture_output=True, text=True).stdout
+    assert f"method comparison {early}: written 580 s into the pipeline, 700 s with the install " \
+           "(within the 15-minute budget); 290 reference units" in out
+    assert str(old) not in out

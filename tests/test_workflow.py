@@ -196,8 +196,9 @@ def test_snakemake_then_dvc_then_changes(tmp_path):
     first = ws.snakemake()
     assert "recorded" in first.stderr and "DVC stage(s) in dvc.lock" in first.stderr
     n = len(ws.jobs())
-    # generate, preprocess, features, pretrain, finetune, evaluate, scene queries (teacher, ppkt), refs, report
-    assert n == 1 + 1 + 1 + 2 + 4 + 2 + 2 + 1 + 1  # evaluate: one job per method
+    # generate, preprocess, features, pretrain, finetune, evaluate, scene queries (teacher, ppkt), refs,
+    # the early method comparison, report
+    assert n == 1 + 1 + 1 + 2 + 4 + 2 + 2 + 1 + 1 + 1  # evaluate: one job per method
     # DVC agrees at once, and repro trains nothing
     assert ws.dvc_changed() == set()
     repro = ws.dvc("repro")
@@ -206,12 +207,13 @@ def test_snakemake_then_dvc_then_changes(tmp_path):
 
     # a parameter that only fine-tuning reads: both tools rerun fine-tuning, evaluation, report
     ws.set_params(**{"train.lr": 0.02})
-    assert ws.planned() == {"finetune": 4, "evaluate": 2, "report": 1}
+    assert ws.planned() == {"finetune": 4, "evaluate": 2, "benchmark_report": 1, "report": 1}
     changed = ws.dvc_changed()
     assert {c.split("@")[0] for c in changed} == {"finetune-la", "finetune-probe"}, changed
     ws.dvc("repro")
     ran = ws.jobs()
-    assert sorted({j.split()[0] for j in ran}) == ["evaluate", "finetune", "report"] and len(ran) == 7, ran
+    assert sorted({j.split()[0] for j in ran}) == ["benchmark_report", "evaluate", "finetune", "report"] \
+        and len(ran) == 8, ran
     assert ws.planned() == {} and ws.dvc_changed() == set()
 
     # parameters that cannot change any output rerun nothing, in either tool
@@ -220,17 +222,17 @@ def test_snakemake_then_dvc_then_changes(tmp_path):
 
     # a LA-only parameter does not rerun the probe
     ws.set_params(**{"protocols.la_points": 30})
-    assert ws.planned() == {"finetune": 2, "evaluate": 2, "report": 1}  # both methods' evaluate jobs
+    assert ws.planned() == {"finetune": 2, "evaluate": 2, "benchmark_report": 1, "report": 1}  # both methods' evaluate
     ws.snakemake()
     ran = ws.jobs()
-    assert all("protocol=probe" not in j for j in ran) and len(ran) == 5
+    assert all("protocol=probe" not in j for j in ran) and len(ran) == 6
     assert ws.dvc_changed() == set()  # Snakemake's run was recorded for DVC
 
     # editing code reruns exactly the steps that import it
     report_py = ws.wd / "src/pretrain3d/stages/report.py"
     report_py.write_text(report_py.read_text() + "\n# edited\n")
-    assert ws.planned() == {"report": 1}
-    assert ws.dvc_changed() == {"report"}
+    assert ws.planned() == {"benchmark_report": 1, "report": 1}
+    assert ws.dvc_changed() == {"benchmark_report", "report"}
     trainer_py = ws.wd / "src/pretrain3d/engine/trainer.py"
     trainer_py.write_text(trainer_py.read_text() + "\n# edited\n")
     planned = ws.planned()
@@ -247,7 +249,8 @@ def test_dvc_first_then_snakemake_and_no_writes_on_dry_runs(tmp_path):
     ws.snakemake("--lint", check=False)
     assert not (ws.wd / ".pretrain3d").exists()  # dry runs and lint write no config
     ws.dvc("repro")
-    assert len(ws.jobs()) == 1 + 1 + 1 + 1 + 1 + 1 + 1  # generate, preprocess, pretrain, finetune, eval, refs, report
+    # generate, preprocess, pretrain, finetune, eval, refs, the early method comparison, report
+    assert len(ws.jobs()) == 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1
     assert ws.planned() == {} and ws.dvc_changed() == set()
     # the resolved config is content-addressed: another config never rewrites this one's
     assert len(list((ws.wd / ".pretrain3d").glob("config-*.yaml"))) == 1

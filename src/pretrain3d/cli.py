@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metrics.json files of `query-benchmark` (adds the 'Scene queries' section)")
     p.add_argument("--study", nargs="*", default=[], metavar="JSON",
                    help="metrics.json files of `multi-dataset-study` (adds the 'Several datasets' section)")
+    p.add_argument("--no-tracking", action="store_true",
+                   help="write the files only (the pipeline's early method-comparison report; the full report is tracked)")
 
     p = sub.add_parser("multi-dataset-study", help="one variant of the multi-dataset experiment (single-<dataset> | joint "
                        "| prompt variants, see ppt_study): train on the multi_dataset datasets, score each one's val split")
@@ -388,7 +390,7 @@ def _dispatch(args, load) -> int:
         from pretrain3d.stages.report import report
 
         report(cfg, args.metrics, args.out_dir, references=args.references, renders=args.renders,
-               real_check=args.real_check, queries=args.queries, ppt_study=args.study)
+               real_check=args.real_check, queries=args.queries, ppt_study=args.study, track=not args.no_tracking)
     elif args.cmd == "multi-dataset-study":
         from pretrain3d.stages.ppt_study import run_variant
 

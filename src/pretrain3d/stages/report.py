@@ -241,7 +241,10 @@ def method_figures(cfg: Params, backbones: list[str], real_check: list[str], out
 
 def report(cfg: Params, metrics_files: list[str], out_dir: str | Path, references: str | Path | None = None,
            renders: list[str] | None = None, real_check: list[str] | None = None,
-           queries: list[str] | None = None, ppt_study: list[str] | None = None) -> dict:
+           queries: list[str] | None = None, ppt_study: list[str] | None = None, track: bool = True) -> dict:
+    """summary.json + report.md in ``out_dir``; ``track``: also an MLflow run with the summary metrics and
+    the files (the pipeline's early method-comparison report is written without one: the full report
+    carries the same metrics)."""
     out_dir = Path(out_dir)
     summary = summarize(metrics_files)
     summary["config_hash"] = config_hash(cfg)
@@ -261,6 +264,18 @@ def report(cfg: Params, metrics_files: list[str], out_dir: str | Path, reference
         text += "\n" + paper_references_section(load_reference_table(references), summary, cfg)
     write_json(out_dir / "summary.json", summary)
     write_text(out_dir / "report.md", text)
+    if track:
+        _track(cfg, summary, out_dir, pngs, real_check)
+    for name, e in summary["groups"].items():
+        log.info("%s: mIoU %.2f ± %.2f over %d seeds", name, 100 * e["mIoU_mean"], 100 * e["mIoU_std"], e["n_seeds"])
+    for c in summary["comparisons"]:
+        log.info("%s vs scratch (%s): ΔmIoU %+.2f ± %.2f; paired %s over %d seeds", c["method"], c["protocol"],
+                 100 * c["mIoU_diff"], 100 * c["mIoU_diff_se"],
+                 _paired_cell(c["mIoU_paired_diff"], c["mIoU_paired_diff_se"]), len(c["paired_seeds"]))
+    return summary
+
+
+def _track(cfg: Params, summary: dict, out_dir: Path, pngs: list, real_check: list[str] | None) -> None:
     with job_run(cfg.tracking, "report", job_tags(cfg, "report"), job_params(cfg)) as run:
         for name, e in summary["groups"].items():
             run.log_metrics({f"summary/{name}/{k}": v for k, v in e.items() if isinstance(v, float)})
@@ -277,10 +292,3 @@ def report(cfg: Params, metrics_files: list[str], out_dir: str | Path, reference
         run.log_artifact(out_dir / "report.md")
         for png in pngs + [Path(p) for p in (real_check or []) if str(p).endswith(".png")]:
             run.log_artifact(png, "renders")
-    for name, e in summary["groups"].items():
-        log.info("%s: mIoU %.2f ± %.2f over %d seeds", name, 100 * e["mIoU_mean"], 100 * e["mIoU_std"], e["n_seeds"])
-    for c in summary["comparisons"]:
-        log.info("%s vs scratch (%s): ΔmIoU %+.2f ± %.2f; paired %s over %d seeds", c["method"], c["protocol"],
-                 100 * c["mIoU_diff"], 100 * c["mIoU_diff_se"],
-                 _paired_cell(c["mIoU_paired_diff"], c["mIoU_paired_diff_se"]), len(c["paired_seeds"]))
-    return summary

@@ -295,6 +295,13 @@ def report_outputs(cfg: Params) -> dict[str, str]:
     return {"summary": f"{r}/summary.json", "report": f"{r}/report.md", "renders": f"{r}/renders"}
 
 
+def benchmark_report_outputs(cfg: Params) -> dict[str, str]:
+    """The method comparison alone (fine-tuning protocols x seeds vs the papers), written as soon as its
+    runs are evaluated: the full report also waits for the studies, queries and figures."""
+    r = f"{results_dir(cfg)}/benchmark"
+    return {"summary": f"{r}/summary.json", "report": f"{r}/report.md"}
+
+
 def _benchmark_file(cfg: Params, protocol: str) -> list[str]:
     key = {"la": "la_file", "lr": "lr_file"}.get(protocol)
     path = getattr(cfg.data.scannet, key) if key else None
@@ -405,10 +412,16 @@ def _evaluate_outputs(cfg: Params, w: Wildcards) -> dict[str, str]:
             for k, ext in (("metrics", "json"), ("confusion", "png"), ("render", "png"))}
 
 
-def _report_inputs(cfg: Params, w: Wildcards) -> dict[str, Any]:
+def _benchmark_report_inputs(cfg: Params, w: Wildcards) -> dict[str, Any]:
     e = cfg.experiment
     metrics = [f"{run_dir(cfg, {'method': m, 'protocol': p, 'seed': str(s)})}/metrics.json"
                for m in e.methods for p in e.protocols for s in e.seeds]
+    return {"metrics": metrics, "references": "results/references.json"}
+
+
+def _report_inputs(cfg: Params, w: Wildcards) -> dict[str, Any]:
+    e = cfg.experiment
+    metrics = _benchmark_report_inputs(cfg, w)["metrics"]
     # compared methods: every seed (a figure may aggregate over seeds); pretrain_only: the one seed run
     renders = [backbone(cfg, w["method"], w["seed"]) for w in pretrain_jobs(cfg)
                if w["method"] in report_visual_methods(cfg)]
@@ -479,6 +492,9 @@ STEPS: dict[str, Step] = {s.name: s for s in [
          outputs=lambda cfg, w: {"references": "results/references.json"},
          fields=lambda cfg, w: ("tracking.uri", "tracking.experiment", "tracking.enabled"),
          extra_deps=("tracking/paper_references.yaml",)),
+    Step("benchmark_report", "pretrain3d.stages.report", (),
+         inputs=_benchmark_report_inputs, outputs=lambda cfg, w: benchmark_report_outputs(cfg),
+         fields=lambda cfg, w: ("experiment", "data.dataset", "data.num_classes")),
     # the report runs the registered methods' figure functions (resolved by name, so not imports)
     Step("report", lambda w: ("pretrain3d.stages.report", *(m for s in registry.REGISTRY.values()
                                                              for m in _modules(s.report_visual))), (),
@@ -511,6 +527,7 @@ def active_steps(cfg: Params) -> list[tuple[Step, list[Wildcards]]]:
     if study_jobs(cfg):
         out.append((STEPS["ppt_study"], study_jobs(cfg)))
     out.append((STEPS["log_references"], [{}]))
+    out.append((STEPS["benchmark_report"], [{}]))
     out.append((STEPS["report"], [{}]))
     return out
 
