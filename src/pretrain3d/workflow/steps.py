@@ -292,7 +292,8 @@ def _query_modules(w: Wildcards) -> tuple[str, ...]:
 
 def report_outputs(cfg: Params) -> dict[str, str]:
     r = results_dir(cfg)
-    return {"summary": f"{r}/summary.json", "report": f"{r}/report.md", "renders": f"{r}/renders"}
+    return {"summary": f"{r}/summary.json", "report": f"{r}/report.md", "html": f"{r}/report.html",
+            "renders": f"{r}/renders"}
 
 
 def _benchmark_file(cfg: Params, protocol: str) -> list[str]:
