@@ -129,21 +129,29 @@ def start_pipeline_run():
     write_resolved_config(RESOLVED_CONFIG, dump_yaml(PARAMS))
     if not PARAMS.tracking.enabled:
         return
-    from pretrain3d.stages.common import job_tags
+    from pretrain3d.stages.common import job_params as flat_params, job_tags
     from pretrain3d.tracking import mlflow_runs
 
     tags = job_tags(PARAMS, "pipeline")
     if os.environ.get(mlflow_runs.PARENT_ENV):
         return  # an outer invocation owns the parent
+    name = PARAMS.experiment.name
     if os.environ.get("DVC_STAGE"):
         # dvc repro runs one Snakemake per stage: they share one parent, found by pipeline_key.
         run_id = mlflow_runs.find_or_start_dvc_parent(
-            PARAMS.tracking, tags["pipeline_key"], f"dvc-{PARAMS.experiment.name}", tags)
+            PARAMS.tracking, tags["pipeline_key"], mlflow_runs.parent_run_name("dvc", name), tags)
         mlflow_runs.reopen_parent(PARAMS.tracking, run_id)
-        OWN_PARENT.append(run_id)  # ended by this stage; the next one reopens it
+    elif os.environ.get(mlflow_runs.PIPELINE_ID_ENV):
+        # a named invocation (e.g. resumed, or jobs started by hand beside it) joins that id's parent
+        pid = os.environ[mlflow_runs.PIPELINE_ID_ENV]
+        run_id = mlflow_runs.find_or_create_parent(
+            PARAMS.tracking, f"pipeline:{pid}", f"pipeline/{name}/{pid}",
+            {**tags, "launcher": "snakemake", "pipeline_id": pid}, params=flat_params(PARAMS))
+        mlflow_runs.reopen_parent(PARAMS.tracking, run_id)
     else:
-        run_id = mlflow_runs.start_parent(PARAMS.tracking, f"pipeline-{PARAMS.experiment.name}", tags)
-        OWN_PARENT.append(run_id)
+        run_id = mlflow_runs.start_parent(PARAMS.tracking, mlflow_runs.parent_run_name("pipeline", name),
+                                          {**tags, "launcher": "snakemake"}, params=flat_params(PARAMS))
+    OWN_PARENT.append(run_id)  # ended by this invocation (under DVC: this stage; the next one reopens it)
     os.environ[mlflow_runs.PARENT_ENV] = run_id  # inherited by every job's process
 
 

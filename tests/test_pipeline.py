@@ -104,14 +104,21 @@ def test_mlflow_store_holds_parent_and_child_runs(finished):
     pid = parents[0][0]
     children = [r for r in runs if tags[r[0]].get("mlflow.parentRunId") == pid]
     names = sorted(r[1] for r in children)
-    expected = ["generate", "preprocess", "features-dinov2_vits14", "report"]
-    expected += [f"{j}-{d}" for j in ("generate", "preprocess") for d in ("S3DIS", "Structured3D")]
-    expected += [f"ppt_study-{v}-seed{s}" for v in STUDY for s in (0, 1)]
-    expected += [f"pretrain-{m}-seed{s}" for m in METHODS for s in (0, 1)]
-    expected += [f"{job}-{m}-{p}-seed{s}" for job in ("finetune", "evaluate") for m, p, s in RUNS]
-    expected += ["queries-teacher-seed0"] + [f"queries-{m}-seed{s}" for m in ("ppkt", "condense") for s in (0, 1)]
+    expected = ["data/generate", "data/preprocess", "features/dinov2_vits14", "report"]
+    expected += [f"data/{j}/{d}" for j in ("generate", "preprocess") for d in ("S3DIS", "Structured3D")]
+    expected += [f"ppt_study/{v}/seed{s}" for v in STUDY for s in (0, 1)]
+    expected += [f"pretrain/{m}/seed{s}" for m in METHODS for s in (0, 1)]
+    expected += [f"{job}/{m}/{p}/seed{s}" for job in ("finetune", "evaluate") for m, p, s in RUNS]
+    expected += ["queries/teacher/seed0"] + [f"queries/{m}/seed{s}" for m in ("ppkt", "condense") for s in (0, 1)]
     assert names == sorted(expected)
-    q = [r for r in children if r[1] == "queries-condense-seed1"][0]
+    # the parent: named by the pipeline, carrying the summary and the report (tests/test_mlflow_ui.py)
+    assert parents[0][1].startswith("pipeline/tiny/") and tags[pid]["launcher"] == "snakemake"
+    pm = {k for (k,) in con.execute("select key from metrics where run_uuid = ?", (pid,))}
+    assert {"la/ppkt/miou_mean", "la/ppkt/miou_std", "la/ppkt/n_seeds", "la/ppkt/miou_delta",
+            "probe/scratch/miou_mean"} <= pm
+    exp_tags = dict(con.execute("select key, value from experiment_tags"))
+    assert exp_tags["mlflow.experimentKind"] == "custom_model_development"
+    q = [r for r in children if r[1] == "queries/condense/seed1"][0]
     assert tags[q[0]]["uses_gt_labels"] == "true" and tags[q[0]]["gt_labels_in"] == "language_head"
     qm = {k for (k,) in con.execute("select key from metrics where run_uuid = ?", (q[0],))}
     assert {"queries/image/recall_1", "queries/duplicates/ap", "queries/image/chance_1"} <= qm
@@ -121,31 +128,31 @@ def test_mlflow_store_holds_parent_and_child_runs(finished):
         t = tags[r[0]]
         for key in ("git_commit", "git_dirty", "config_hash", "data_hash"):
             assert key in t, f"{r[1]} lacks tag {key}"
-    ev = [r for r in children if r[1] == "evaluate-scratch-la-seed0"][0]
+    ev = [r for r in children if r[1] == "evaluate/scratch/la/seed0"][0]
     t = tags[ev[0]]
     assert t["method"] == "scratch" and t["seed"] in ("0", "1") and t["uses_gt_labels"] == "false"
     assert t["protocol"] in ("la", "probe")
-    pre = [r for r in children if r[1] == "pretrain-ppkt-seed0"][0]
+    pre = [r for r in children if r[1] == "pretrain/ppkt/seed0"][0]
     t = tags[pre[0]]
     assert t["uses_gt_labels"] == "false" and t["teacher"] == "dinov2_vits14" and t["tau"] == "0.04"
     assert {"teacher_layer", "pairs_per_batch"} <= set(t)
     for m, gt in (("ponderv2", "false"), ("ponderv2_semantic", "true")):
-        t = tags[[r for r in children if r[1] == f"pretrain-{m}-seed1"][0][0]]
+        t = tags[[r for r in children if r[1] == f"pretrain/{m}/seed1"][0][0]]
         assert t["uses_gt_labels"] == gt and t["render_semantic"] == gt and t["method"] == m
-    t = tags[[r for r in children if r[1] == "pretrain-ponderv2_semantic-seed0"][0][0]]
+    t = tags[[r for r in children if r[1] == "pretrain/ponderv2_semantic/seed0"][0][0]]
     assert t["text_encoder"] == "minilm_l6_v2"
-    t = tags[[r for r in children if r[1] == "pretrain-ppt-seed1"][0][0]]
+    t = tags[[r for r in children if r[1] == "pretrain/ppt/seed1"][0][0]]
     assert t["uses_gt_labels"] == "true" and t["datasets"] == "S3DIS,Structured3D" and t["head"] == "language"
-    t = tags[[r for r in children if r[1] == "ppt_study-ppt-seed0"][0][0]]
+    t = tags[[r for r in children if r[1] == "ppt_study/ppt/seed0"][0][0]]
     assert t["uses_gt_labels"] == "true" and t["datasets"] == "ScanNet,S3DIS,Structured3D"
-    ev_gt = [r for r in children if r[1] == "evaluate-ponderv2_semantic-la-seed0"][0]
+    ev_gt = [r for r in children if r[1] == "evaluate/ponderv2_semantic/la/seed0"][0]
     assert tags[ev_gt[0]]["uses_gt_labels"] == "true"  # the flag follows the backbone into every later run
-    pre = [r for r in children if r[1] == "pretrain-ponderv2-seed0"][0]
+    pre = [r for r in children if r[1] == "pretrain/ponderv2/seed0"][0]
     arts = {k for (k,) in con.execute("select key from metrics where run_uuid = ?", (pre[0],))}
     assert "render/depth_abs_err_median_m" in arts and "train/loss_rgb" in arts
     metrics = {k for (k,) in con.execute("select key from metrics where run_uuid = ?", (ev[0],))}
     assert {"val/mIoU", "val/mAcc", "val/allAcc"} <= metrics
-    ft = [r for r in children if r[1] == "finetune-ppkt-la-seed0"][0]
+    ft = [r for r in children if r[1] == "finetune/ppkt/la/seed0"][0]
     steps = con.execute("select count(distinct step) from metrics where run_uuid = ? and key = 'train/loss'",
                         (ft[0],)).fetchone()[0]
     assert steps == 2  # one point per epoch

@@ -449,7 +449,7 @@ def test_pretrain_stage_loss_falls_and_backbone_loads(tiny, tmp_path):
 
     client = mlflow.MlflowClient(tracking_uri=tracking.uri)
     runs = client.search_runs([client.get_experiment_by_name(tracking.experiment).experiment_id])
-    run = next(r for r in runs if r.info.run_name == "pretrain-ppkt-seed0")
+    run = next(r for r in runs if r.info.run_name == "pretrain/ppkt/seed0")
     t = run.data.tags
     assert t["job"] == "pretrain" and t["method"] == "ppkt" and t["uses_gt_labels"] == "false"
     assert t["teacher"] == "fake_onehot" and t["teacher_layer"] == "last" and t["point_source"] == "scene"

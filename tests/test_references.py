@@ -16,6 +16,8 @@ from pretrain3d.config import validate_config
 from pretrain3d.errors import DataError
 from pretrain3d.stages.references import log_references
 from pretrain3d.stages.report import paper_references_section, report
+from pretrain3d.tracking import mlflow_runs
+from pretrain3d.tracking.references import _tags as _ref_tags
 from pretrain3d.tracking.references import default_path, load_references, log_reference_runs
 
 
@@ -110,11 +112,18 @@ def test_reference_runs_are_logged_once_and_kept_in_sync(tmp_path):
     runs = _reference_runs(tmp_path / "mlflow.db")
     assert sorted(runs) == ["r0", "r1", "r2"]
     r0 = runs["r0"]
-    assert r0["metrics"] == {"val/mIoU": pytest.approx(0.60)}
+    assert r0["metrics"]["val/mIoU"] == pytest.approx(0.60)
     for key, value in {"method": "ppkt", "dataset": "s3dis", "protocol": "full", "split": "val", "source": "readme",
                        "verified": "true", "paper": "A paper", "value_as_printed": "60 %"}.items():
         assert r0["tags"][key] == value
-    assert "mlflow.parentRunId" not in r0["tags"]  # not part of any pipeline invocation
+    # grouped under one parent of their own (not a pipeline's), named to sort with our runs
+    parent = r0["tags"]["mlflow.parentRunId"]
+    assert {r["tags"]["mlflow.parentRunId"] for r in runs.values()} == {parent}
+    con = sqlite3.connect(tmp_path / "mlflow.db")
+    assert con.execute("select name, status from runs where run_uuid = ?", (parent,)).fetchone() == (
+        "references/papers", "FINISHED")
+    assert r0["tags"]["mlflow.runName"] == "ref/ppkt/full/r0"
+    assert r0["metrics"]["full/ppkt/miou_mean"] == pytest.approx(0.60)  # the key of a pipeline's summary
     # a corrected value replaces its run; a removed entry's run goes
     data["references"][1]["value"] = 65.5
     data["references"].pop(2)
@@ -122,6 +131,30 @@ def test_reference_runs_are_logged_once_and_kept_in_sync(tmp_path):
         "created": 1, "unchanged": 1, "deleted": 2}
     runs = _reference_runs(tmp_path / "mlflow.db")
     assert sorted(runs) == ["r0", "r1"] and runs["r1"]["metrics"]["val/mIoU"] == pytest.approx(0.655)
+
+
+def test_reference_runs_of_an_older_store_move_under_the_parent(tmp_path):
+    """Reference runs logged before they were grouped (top-level, `ref-<id>`, one metric) are kept,
+    moved under the parent, renamed and given the summary key; the parent is made once."""
+    import mlflow
+
+    tracking = validate_config({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                             "artifact_root": str(tmp_path / "art")}}).tracking
+    refs = load_references(_write(tmp_path, _minimal(2)))
+    exp = mlflow_runs.setup(tracking)
+    client = mlflow.MlflowClient()
+    for ref in refs.references:  # what the previous version of log_reference_runs made
+        run = client.create_run(exp, run_name=f"ref-{ref.id}", tags=_ref_tags(refs, ref))
+        client.log_metric(run.info.run_id, ref.metric_key, ref.logged_value)
+    assert log_reference_runs(refs, tracking) == {"created": 0, "unchanged": 2, "deleted": 0}
+    assert log_reference_runs(refs, tracking) == {"created": 0, "unchanged": 2, "deleted": 0}
+    runs = _reference_runs(tmp_path / "mlflow.db")
+    assert len({r["tags"].get("mlflow.parentRunId") for r in runs.values()} - {None}) == 1
+    assert all("mlflow.parentRunId" in r["tags"] for r in runs.values())
+    assert runs["r1"]["tags"]["mlflow.runName"] == "ref/ppkt/full/r1"
+    assert runs["r1"]["metrics"]["full/ppkt/miou_mean"] == pytest.approx(0.61)
+    con = sqlite3.connect(tmp_path / "mlflow.db")
+    assert con.execute("select count(*) from runs where name = 'references/papers'").fetchone() == (1,)
 
 
 def test_stage_writes_the_table_and_the_report_lists_it(tmp_path, capsys):

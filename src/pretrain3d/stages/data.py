@@ -14,7 +14,7 @@ from pretrain3d.tracking.mlflow_runs import job_run
 log = logging.getLogger(__name__)
 
 
-def generate(cfg: Params, run_name: str = "generate") -> Path:
+def generate(cfg: Params, run_name: str = "data/generate") -> Path:
     """Procedural rooms → raw ScanNet-like layout at data.raw_root (written atomically)."""
     from pretrain3d.data.synthetic import generate_dataset
 
@@ -36,7 +36,7 @@ def generate(cfg: Params, run_name: str = "generate") -> Path:
 
 
 def preprocess(cfg: Params, dataset: str | None = None, raw_root: str | None = None,
-               out_root: str | None = None, scenes: list[str] | None = None, run_name: str = "preprocess") -> Path:
+               out_root: str | None = None, scenes: list[str] | None = None, run_name: str = "data/preprocess") -> Path:
     """Raw scenes of ``dataset`` (default data.dataset) → processed-scene contract.
 
     Without ``out_root`` the output is data.processed_root, replaced as a whole atomically (the
@@ -69,8 +69,8 @@ def dataset_data(cfg: Params, name: str) -> Path:
         raise ValueError(f"unknown dataset {name!r}: multi_dataset.datasets has {sorted(md.datasets)}")
     sub = cfg.model_copy(update={"data": md.datasets[name]})
     if sub.data.dataset == "synthetic":
-        generate(sub, run_name=f"generate-{name}")
-    return preprocess(sub, run_name=f"preprocess-{name}")
+        generate(sub, run_name=f"data/generate/{name}")
+    return preprocess(sub, run_name=f"data/preprocess/{name}")
 
 
 def _ingest(cfg: Params, dataset: str, raw: Path, out: Path, scenes: list[str] | None, merge: bool) -> dict:

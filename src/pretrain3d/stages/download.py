@@ -98,7 +98,7 @@ def download_raw(cfg: Params, progress: bool = True) -> Path:
     size = sum(v.get("size", 0) for v in manifest["files"].values())
     log.info("%s: complete, %d files, %.1f MB (manifest: %s)", raw, n, size / 1e6, raw / MANIFEST)
 
-    with job_run(cfg.tracking, "download", job_tags(cfg, "download", sources_key=key[:12]), job_params(cfg)) as run:
+    with job_run(cfg.tracking, "data/download", job_tags(cfg, "download", sources_key=key[:12]), job_params(cfg)) as run:
         run.log_metrics({"download/files": n, "download/bytes": size})
         run.log_artifact(raw / MANIFEST)
     return raw

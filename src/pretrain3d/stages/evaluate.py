@@ -105,7 +105,7 @@ def evaluate(cfg: Params, model_path: str | Path, out_dir: str | Path, method: s
 
     tags = job_tags(cfg, "evaluate", method=method, seed=seed, protocol=protocol,
                     uses_gt_labels=str(result["uses_gt_labels"]).lower())
-    with job_run(cfg.tracking, f"evaluate-{method}-{protocol}-seed{seed}", tags, job_params(cfg)) as run:
+    with job_run(cfg.tracking, f"evaluate/{method}/{protocol}/seed{seed}", tags, job_params(cfg)) as run:
         flat = {f"{METRIC_PREFIX}/{k}": metrics[k] for k in ("mIoU", "mAcc", "allAcc") if metrics[k] is not None}
         flat.update({f"{METRIC_PREFIX}/iou/{c}": v for c, v in metrics["iou_per_class"].items() if v is not None})
         run.log_metrics(flat)

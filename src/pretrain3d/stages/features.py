@@ -33,7 +33,7 @@ def cache_features(cfg: Params, progress: bool = True) -> dict:
     out = features_dir(cfg)
     t0 = time.perf_counter()
     tags = job_tags(cfg, "features", teacher=t.name, teacher_layer=t.layer, uses_gt_labels="false")
-    with job_run(cfg.tracking, f"features-{t.name}", tags, job_params(cfg)) as run:
+    with job_run(cfg.tracking, f"features/{t.name}", tags, job_params(cfg)) as run:
         stats = cache_scenes(teacher, scene_dirs, out, batch_size=t.batch_size, progress=progress)
         run.log_metrics({f"features/{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
         run.log_artifact(out / "meta.json")

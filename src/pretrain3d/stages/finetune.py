@@ -190,7 +190,7 @@ def _finetune(cfg: Params, tc, method: str, seed: int, out_dir: Path, init_backb
     trainer = None  # the probe has no resumable state
     params = {**job_params(cfg), "labelled_points_per_scene": labelled_per_scene}
     tracking = cfg.tracking if main else cfg.tracking.model_copy(update={"enabled": False})
-    with job_run(tracking, f"finetune-{method}-{protocol}-seed{seed}", tags, params) as run:
+    with job_run(tracking, f"finetune/{method}/{protocol}/seed{seed}", tags, params) as run:
         if protocol == "probe":
             # Frozen features are computed once (seconds); see methods/linear_probe.py.
             train_eval = EvalDataset(train_scenes, tc.grid_size)

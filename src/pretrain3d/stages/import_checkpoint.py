@@ -143,7 +143,7 @@ def build_backbone_file(cfg: Params, method: str, seed: int, out_dir: str | Path
     tags = job_tags(cfg, "pretrain", method=method, seed=seed, uses_gt_labels=str(ic.uses_gt_labels).lower(),
                     source_sha256=source["sha256"], source_format=source["format"], source_variant=source["variant"],
                     source_condition=str(source["condition"]))
-    with job_run(cfg.tracking, f"pretrain-{method}-seed{seed}", tags, job_params(cfg)):
+    with job_run(cfg.tracking, f"pretrain/{method}/seed{seed}", tags, job_params(cfg)):
         save_checkpoint(out, ck)
     log.info("%s", summarize(res, source, out))
     return out

@@ -25,7 +25,7 @@ def init_backbone(cfg: Params, seed: int, out_dir: str | Path) -> Path:
     backbone = build_backbone(cfg.model)
     fingerprint = config_hash({"model": cfg.model.model_dump(mode="json"), "seed": seed, "method": "scratch"})
     tags = job_tags(cfg, "pretrain", method="scratch", seed=seed, uses_gt_labels="false")
-    with job_run(cfg.tracking, f"pretrain-scratch-seed{seed}", tags, job_params(cfg)):
+    with job_run(cfg.tracking, f"pretrain/scratch/seed{seed}", tags, job_params(cfg)):
         _save(out, backbone, seed, fingerprint, cfg)
     log.info("wrote a randomly initialised backbone (seed %d) to %s", seed, out)
     return out

@@ -87,7 +87,7 @@ def run_variant(cfg: Params, variant: str, seed: int, out_dir: str | Path, progr
     tags = job_tags(cfg, "ppt_study", variant=variant, seed=seed, uses_gt_labels="true", datasets=",".join(names),
                     head=head, pdnorm=str(pdnorm).lower())
     t0 = time.perf_counter()
-    with job_run(cfg.tracking, f"ppt_study-{variant}-seed{seed}", tags, job_params(cfg)) as run:
+    with job_run(cfg.tracking, f"ppt_study/{variant}/seed{seed}", tags, job_params(cfg)) as run:
         trainer = Trainer(model=model, loss_fn=ppt_loss, optimizer=optimizer, scheduler=scheduler,
                           make_loader=make_loader, steps_per_epoch=steps_per_epoch, epochs=epochs,
                           checkpoint_path=out_dir / "checkpoint" / "last.pt", fingerprint=fingerprint,

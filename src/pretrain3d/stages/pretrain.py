@@ -127,7 +127,7 @@ def _pretrain(cfg: Params, spec: MethodSpec, method: str, seed: int, out_dir: Pa
     fingerprint = run_fingerprint(cfg, method, seed, setup.fingerprint)
     t0 = time.perf_counter()
     tracking = cfg.tracking if main else cfg.tracking.model_copy(update={"enabled": False})
-    with job_run(tracking, f"pretrain-{method}-seed{seed}", tags, job_params(cfg)) as run:
+    with job_run(tracking, f"pretrain/{method}/seed{seed}", tags, job_params(cfg)) as run:
         trainer = Trainer(
             model=model, loss_fn=setup.loss_fn, optimizer=optimizer, scheduler=scheduler, make_loader=make_loader,
             steps_per_epoch=steps_per_epoch, epochs=pc.epochs, checkpoint_path=out_dir / "checkpoint" / "last.pt",

@@ -143,7 +143,7 @@ def score_queries(cfg: Params, source_name: str, seed: int, out_dir: str | Path,
 
     tags = job_tags(cfg, "scene_queries", source=source_name, seed=seed, uses_gt_labels="true",
                     gt_labels_in="language_head", keypoint_rule=q.rule)
-    with job_run(cfg.tracking, f"queries-{source_name}-seed{seed}", tags, job_params(cfg)) as run:
+    with job_run(cfg.tracking, f"queries/{source_name}/seed{seed}", tags, job_params(cfg)) as run:
         run.log_metrics(flat_metrics(result))
         for name in ("metrics.json", *(f"{f}.png" for f in FIGURES)):
             run.log_artifact(out / name if name == "metrics.json" else out / "figures" / name, "queries")

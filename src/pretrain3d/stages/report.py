@@ -17,6 +17,7 @@ Two differences are reported for each comparison:
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ from pretrain3d.errors import DataError
 from pretrain3d.stages.common import job_params, job_tags
 from pretrain3d.stages.query_report import metric_key, query_section
 from pretrain3d.stages.ppt_report import study_section
-from pretrain3d.tracking.mlflow_runs import job_run
+from pretrain3d.tracking.mlflow_runs import job_run, summary_key
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,48 @@ def markdown(summary: dict, cfg: Params, out_dir: Path, run_dirs: list[Path]) ->
     return "\n".join(lines) + "\n"
 
 
+def parent_metrics(summary: dict) -> dict[str, float]:
+    """The summary as the pipeline parent's metrics: per protocol and method ``la/ppkt/miou_mean``, ``_std``,
+    ``n_seeds``, ``miou_delta`` ± ``miou_delta_se`` vs scratch (difference of means) and the paired
+    ``miou_paired_delta`` ± ``_se`` where defined; as fractions, like every run's ``val/mIoU``."""
+    out: dict[str, float] = {}
+    for e in summary["groups"].values():
+        p, m = e["protocol"], e["method"]
+        out[summary_key(p, m, "n_seeds")] = float(e["n_seeds"])
+        for k in KEYS:
+            out[summary_key(p, m, f"{k}_mean")] = e[f"{k}_mean"]
+            out[summary_key(p, m, f"{k}_std")] = e[f"{k}_std"]
+    for c in summary["comparisons"]:
+        p, m = c["protocol"], c["method"]
+        for name, value in (("miou_delta", c["mIoU_diff"]), ("miou_delta_se", c["mIoU_diff_se"]),
+                            ("miou_paired_delta", c.get("mIoU_paired_diff")),
+                            ("miou_paired_delta_se", c.get("mIoU_paired_diff_se"))):
+            if value is not None:
+                out[summary_key(p, m, name)] = value
+    return out
+
+
+def html_table(summary: dict, cfg: Params) -> str:
+    """One page the MLflow artifact viewer shows: per protocol, every method's mIoU and Δ vs scratch."""
+    comp = {(c["protocol"], c["method"]): c for c in summary["comparisons"]}
+    rows = []
+    for e in summary["groups"].values():
+        c = comp.get((e["protocol"], e["method"]))
+        delta = "—" if c is None else f"{100 * c['mIoU_diff']:+.2f} ± {100 * c['mIoU_diff_se']:.2f}"
+        paired = "—" if c is None else _paired_cell(c.get("mIoU_paired_diff"), c.get("mIoU_paired_diff_se"))
+        cells = [PROTOCOL_NAMES.get(e["protocol"], e["protocol"]), e["method"], str(e["n_seeds"])]
+        cells += [f"{_pct(e[f'{k}_mean'])} ± {_pct(e[f'{k}_std'])}" for k in KEYS] + [delta, paired]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells) + "</tr>")
+    head = ["protocol", "method", "seeds", "mIoU %", "mAcc %", "allAcc %", "ΔmIoU vs scratch", "paired ΔmIoU"]
+    title = html.escape(f"pretrain3d — {cfg.experiment.name} ({cfg.data.dataset})")
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>" + title + "</title><style>"
+            "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:4px 8px;text-align:right}td:nth-child(-n+2){text-align:left}</style></head><body><h1>"
+            + title + "</h1><p>Mean ± sample std over seeds; Δ = difference of means ± its standard error; "
+            "paired Δ = mean of per-seed differences ± its standard error. Full report: report.md.</p><table><tr>"
+            + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table></body></html>\n")
+
+
 # Our (dataset, num_classes) → the paper dataset our numbers may be set beside. scannet_npy is ScanNet v2 in
 # Pointcept's layout; scannet_like is only a folder layout (the generator writes it too), so it never matches.
 _REFERENCE_DATASETS = {("scannet", 20): "scannet", ("scannet", 200): "scannet200", ("scannet_npy", 20): "scannet",
@@ -264,8 +307,9 @@ def report(cfg: Params, metrics_files: list[str], out_dir: str | Path, reference
         text += "\n" + paper_references_section(load_reference_table(references), summary, cfg)
     write_json(out_dir / "summary.json", summary)
     write_text(out_dir / "report.md", text)
+    write_text(out_dir / "report.html", html_table(summary, cfg))
     if track:
-        _track(cfg, summary, out_dir, pngs, real_check)
+        _track(cfg, summary, out_dir, pngs, real_check, run_dirs)
     for name, e in summary["groups"].items():
         log.info("%s: mIoU %.2f ± %.2f over %d seeds", name, 100 * e["mIoU_mean"], 100 * e["mIoU_std"], e["n_seeds"])
     for c in summary["comparisons"]:
@@ -275,7 +319,8 @@ def report(cfg: Params, metrics_files: list[str], out_dir: str | Path, reference
     return summary
 
 
-def _track(cfg: Params, summary: dict, out_dir: Path, pngs: list, real_check: list[str] | None) -> None:
+def _track(cfg: Params, summary: dict, out_dir: Path, pngs: list, real_check: list[str] | None,
+           run_dirs: list[Path]) -> None:
     with job_run(cfg.tracking, "report", job_tags(cfg, "report"), job_params(cfg)) as run:
         for name, e in summary["groups"].items():
             run.log_metrics({f"summary/{name}/{k}": v for k, v in e.items() if isinstance(v, float)})
@@ -290,5 +335,14 @@ def _track(cfg: Params, summary: dict, out_dir: Path, pngs: list, real_check: li
                              for k, v in c.items() if isinstance(v, float)})
         run.log_artifact(out_dir / "summary.json")
         run.log_artifact(out_dir / "report.md")
-        for png in pngs + [Path(p) for p in (real_check or []) if str(p).endswith(".png")]:
+        figures = pngs + [Path(p) for p in (real_check or []) if str(p).endswith(".png")]
+        for png in figures:
             run.log_artifact(png, "renders")
+        # the pipeline's parent tells the story in the UI: the summary under keys that line up across
+        # pipelines and paper references, the report with its figures where report.md links them
+        artifacts = [(out_dir / n, None) for n in ("report.md", "report.html", "summary.json")]
+        artifacts += [(Path(png), "renders") for png in figures]
+        for d in run_dirs:
+            rel = os.path.relpath(d, out_dir)
+            artifacts += [(d / n, rel) for n in ("confusion.png", "render.png") if not rel.startswith("..")]
+        run.log_summary(parent_metrics(summary), artifacts)

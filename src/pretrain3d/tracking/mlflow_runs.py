@@ -1,9 +1,16 @@
 """MLflow: one parent run per pipeline invocation, one child run per job.
 
 Every Snakemake job is its own process, so the parent run id travels in the environment
-variable PRETRAIN3D_PARENT_RUN_ID (set by the Snakefile's ``onstart``). ``dvc repro`` has no such
-hook and runs one Snakemake per stage: there the parent is found (or created) by the tag
-``pipeline_key`` = config hash + git commit, so the stages of one repro share a parent.
+variable PRETRAIN3D_PARENT_RUN_ID (set by the Snakefile's ``onstart``, before any job starts).
+``dvc repro`` has no such hook and runs one Snakemake per stage: there the parent is found (or
+created) by the tag ``pipeline_key`` = config hash + git commit, so the stages of one repro share a
+parent (DVC's repository lock runs the stages one after another, so they cannot race). A job run by
+hand has no parent, unless PRETRAIN3D_PIPELINE_ID names one: then every job with that id joins the
+parent of that id, created race-free by whichever comes first (:func:`find_or_create_parent`); the
+paper reference runs share one parent the same way.
+
+The experiment is tagged as a model-training experiment (``mlflow.experimentKind``), so MLflow 3's
+UI opens it on its runs, not on the GenAI overview.
 
 Under load (hundreds of cluster jobs, or 16 processes on one sqlite file) a tracking call that meets a
 locked sqlite store or an unreachable server is retried ``tracking.retries`` times with exponential
@@ -34,6 +41,16 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 PARENT_ENV = "PRETRAIN3D_PARENT_RUN_ID"
+PIPELINE_ID_ENV = "PRETRAIN3D_PIPELINE_ID"
+# MLflow 3's UI reads the experiment's kind from this tag (mlflow/server/js: "mlflow.experimentKind");
+# without it an experiment opens on the GenAI overview (traces, tokens), not on its runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+PARENT_KEY_TAG = "parent_key"
+# The provenance tags a parent shares with its jobs (stages.common.job_tags)
+PIPELINE_TAGS = ("git_commit", "git_dirty", "config_hash", "data_hash", "pipeline_key")
+# How long a job waits for the parent another job is creating (creation is two requests).
+PARENT_WAIT_S = 60.0
 # Parents reused by later DVC stages only if this recent: a repro older than that is another invocation.
 DVC_PARENT_WINDOW_S = 12 * 3600
 
@@ -116,10 +133,15 @@ def setup(tracking_cfg, root: str | Path = "."):
     if exp is not None:
         if art is not None and exp.artifact_location != art:
             _follow_moved_repository(tracking_cfg.uri, root, exp.artifact_location, art)
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # a store made before the tag was set: fix it once
+            retry("tagging the experiment",
+                  lambda: mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG,
+                                                                   EXPERIMENT_KIND))
         return exp.experiment_id
     try:
         return retry("creating the experiment",
-                     lambda: mlflow.create_experiment(tracking_cfg.experiment, artifact_location=art))
+                     lambda: mlflow.create_experiment(tracking_cfg.experiment, artifact_location=art,
+                                                      tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
     except TrackingError:
         raise
     except Exception:  # created meanwhile by a concurrent job
@@ -148,6 +170,18 @@ def _follow_moved_repository(uri: str, root: str | Path, old: str, new: str) -> 
     log.info("MLflow store %s: artifact location moved from %s to %s", db, old, new)
 
 
+def summary_key(protocol: str, method: str, stat: str) -> str:
+    """``la/ppkt/miou_mean``: the metric key of a per-protocol, per-method summary value. A pipeline's
+    parent and a paper reference run log the same key, so MLflow's compare view sets them side by side
+    (protocol first: the UI's column filter then finds one protocol's methods together)."""
+    return f"{protocol}/{method}/{stat}".lower()
+
+
+def parent_run_name(kind: str, experiment_name: str) -> str:
+    """``pipeline/<experiment>/<UTC start>``: parents sort by time and filter by prefix in the UI."""
+    return f"{kind}/{experiment_name}/{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+
+
 def start_parent(tracking_cfg, run_name: str, tags: dict[str, str], params: dict[str, Any] | None = None,
                  root: str | Path = ".") -> str:
     """Create the pipeline's parent run and return its id (the run is left RUNNING)."""
@@ -155,10 +189,63 @@ def start_parent(tracking_cfg, run_name: str, tags: dict[str, str], params: dict
 
     exp_id = setup(tracking_cfg, root)
     client = MlflowClient()
-    run = client.create_run(exp_id, run_name=run_name, tags={**tags, "run_type": "pipeline"})
+    run = client.create_run(exp_id, run_name=run_name, tags={"run_type": "pipeline", **tags})
     if params:
         _log_params(client, run.info.run_id, params)
     return run.info.run_id
+
+
+def find_or_create_parent(tracking_cfg, key: str, run_name: str, tags: dict[str, str],
+                          params: dict[str, Any] | None = None, root: str | Path = ".") -> str:
+    """The parent run tagged ``parent_key=key``, created by whichever process asks first.
+
+    Jobs are separate processes (Snakemake, DVC, SLURM, by hand) and a search-then-create would let two
+    of them create two parents. The one atomic test-and-set every MLflow store offers is the unique
+    experiment name: the process whose ``create_experiment(<lock name>)`` succeeds creates the run and
+    records its id as a tag of that lock experiment, then deletes the lock (deleted experiments keep
+    their name, so the lock stays taken and hidden from the UI); the others wait for that tag."""
+    import hashlib
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    exp_id = setup(tracking_cfg, root)
+    client = MlflowClient()
+    retry = _Retry(tracking_cfg)
+    found = retry("finding the parent run", lambda: client.search_runs(
+        [exp_id], filter_string=f"tags.{PARENT_KEY_TAG} = '{key}'", max_results=1))
+    if found:
+        return found[0].info.run_id
+    lock = f"{tracking_cfg.experiment}/.parent-lock/{hashlib.sha256(key.encode()).hexdigest()[:24]}"
+    lock_art = client.get_experiment(exp_id).artifact_location  # never a new folder for the lock
+    try:
+        lock_id = retry("locking the parent run", lambda: client.create_experiment(
+            lock, artifact_location=lock_art, tags={PARENT_KEY_TAG: key}))
+    except MlflowException as err:
+        if "already exists" not in str(err).lower() and err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return _wait_for_parent(client, retry, lock, key)
+    run_id = start_parent(tracking_cfg, run_name, {**tags, PARENT_KEY_TAG: key}, params, root)
+    retry("recording the parent run", lambda: client.set_experiment_tag(lock_id, "run_id", run_id))
+    retry("releasing the parent lock", lambda: client.delete_experiment(lock_id))
+    return run_id
+
+
+def _wait_for_parent(client, retry: _Retry, lock: str, key: str) -> str:
+    deadline = time.monotonic() + PARENT_WAIT_S
+    while True:
+        exp = retry("reading the parent lock", lambda: client.get_experiment_by_name(lock))
+        run_id = exp.tags.get("run_id") if exp is not None else None
+        if run_id:
+            if client.get_run(run_id).info.lifecycle_stage == "deleted":
+                client.restore_run(run_id)  # deleted in the UI: the key still names it
+            return run_id
+        if time.monotonic() > deadline:
+            raise TrackingError(f"MLflow tracking store {retry.uri}: the parent run {key!r} is being created by "
+                                f"another job, but its id did not appear within {PARENT_WAIT_S:.0f} s (the lock "
+                                f"experiment {lock!r} has no run_id tag: that job died? delete the lock "
+                                "experiment permanently with `mlflow gc` and rerun)")
+        time.sleep(0.2)
 
 
 def find_or_start_dvc_parent(tracking_cfg, pipeline_key: str, run_name: str, tags: dict[str, str],
@@ -226,9 +313,30 @@ def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
 class JobRun:
     """Thin handle over an active child run; every call is a no-op when tracking is disabled."""
 
-    def __init__(self, run_id: str | None, retry: _Retry | None = None):
+    def __init__(self, run_id: str | None, retry: _Retry | None = None, parent_id: str | None = None):
         self.run_id = run_id
+        self.parent_id = parent_id  # None: a job run by hand, top-level
         self.retry = retry or (lambda what, fn: fn())
+
+    def log_summary(self, metrics: dict[str, float], artifacts: list[tuple[Path, str | None]]) -> None:
+        """Metrics and artifacts for the pipeline's parent run (where the UI compares pipelines), or for
+        this run when it has no parent."""
+        if self.run_id is None:
+            return
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric
+
+        target = self.parent_id or self.run_id
+        client = MlflowClient()
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, 0) for k, v in sorted(metrics.items()) if v is not None]
+        with profiling.phase("tracking"):
+            for i in range(0, len(items), 500):
+                self.retry("logging the summary", lambda: client.log_batch(target, metrics=items[i:i + 500]))
+            for path, artifact_path in artifacts:
+                if Path(path).exists():
+                    self.retry(f"logging artifact {path}",
+                               lambda: client.log_artifact(target, str(path), artifact_path=artifact_path))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.run_id is None:
@@ -292,20 +400,29 @@ def job_run(tracking_cfg, run_name: str, tags: dict[str, str], params: dict[str,
     with profiling.phase("tracking"):
         setup(tracking_cfg, root)
         parent = os.environ.get(PARENT_ENV)
+        launcher = "snakemake" if parent else "manual"
         if parent is None and os.environ.get("DVC_STAGE"):
+            launcher = "dvc"
             parent = find_or_start_dvc_parent(tracking_cfg, tags.get("pipeline_key", tags.get("config_hash", "")),
-                                              run_name=f"dvc-{tags.get('config_hash', '')}", tags=tags, root=root)
+                                              run_name=parent_run_name("dvc", tracking_cfg.experiment),
+                                              tags=tags, root=root)
+        elif parent is None and os.environ.get(PIPELINE_ID_ENV):
+            pid = os.environ[PIPELINE_ID_ENV]
+            keep = {k: v for k, v in tags.items() if k in PIPELINE_TAGS}  # not the job's method/seed
+            parent = find_or_create_parent(tracking_cfg, f"pipeline:{pid}", f"manual/{pid}",
+                                           {**keep, "job": "pipeline", "run_type": "pipeline", "launcher": "manual",
+                                            "pipeline_id": pid}, root=root)
         exp = retry("reading the experiment", lambda: mlflow.get_experiment_by_name(tracking_cfg.experiment))
 
     def open_run():
         return mlflow.start_run(run_name=run_name, experiment_id=exp.experiment_id, parent_run_id=parent,
-                                tags={**tags, "run_type": tags.get("run_type", "job")})
+                                tags={"launcher": launcher, **tags, "run_type": tags.get("run_type", "job")})
 
     with _sigterm_raises(), _TimedContext(open_run, retry) as run:
         with profiling.phase("tracking"):
             retry("logging params", lambda: _log_params(MlflowClient(), run.info.run_id, params))
         try:
-            yield JobRun(run.info.run_id, retry)
+            yield JobRun(run.info.run_id, retry, parent)
         except Terminated:
             mlflow.end_run("KILLED")  # the with-block then finds no active run and changes nothing
             raise

@@ -1,9 +1,11 @@
 """Paper reference numbers: the validated data file, and MLflow reference runs made from it.
 
 Each entry becomes one MLflow run tagged ``run_type=reference`` whose metric has the same key and
-unit as our evaluation runs (``val/mIoU`` as a fraction), so the MLflow UI charts papers and our
-runs together. Logging is idempotent: a run is found by its ``reference_id`` tag and replaced only
-when the entry's content changed; runs of entries removed from the file are deleted.
+unit as our evaluation runs (``val/mIoU`` as a fraction) and as the summary on a pipeline's parent
+run (``full/ppkt/miou_mean``), so the MLflow UI charts and compares papers and our runs together.
+The reference runs are children of one parent run, ``references/papers``, not a page of top-level
+rows. Logging is idempotent: a run is found by its ``reference_id`` tag and replaced only when the
+entry's content changed; runs of entries removed from the file are deleted.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ log = logging.getLogger(__name__)
 
 PACKAGED = "paper_references.yaml"
 RUN_TYPE = "reference"
+PARENT_NAME = "references/papers"
+PARENT_KEY = "paper-references"
 # Only these were read from the primary source; "secondary" numbers must be checked before scoring.
 VERIFIED_PROVENANCE = ("paper", "readme", "code")
 
@@ -161,6 +165,11 @@ def _tags(refs: ReferenceFile, ref: PaperReference) -> dict[str, str]:
     return {k: str(v)[:5000] for k, v in tags.items()}
 
 
+def run_name(ref: PaperReference) -> str:
+    """``ref/ppkt/full/<id>``: sorts and filters like our ``finetune/ppkt/la/seed0``."""
+    return f"ref/{ref.method}/{ref.protocol}/{ref.id}"
+
+
 def _existing(client, exp_id: str) -> dict[str, list]:
     found: dict[str, list] = {}
     token = None
@@ -179,10 +188,16 @@ def log_reference_runs(refs: ReferenceFile, tracking_cfg, root: str | Path = "."
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from pretrain3d.tracking.mlflow_runs import setup
+    from pretrain3d.tracking.mlflow_runs import find_or_create_parent, setup, summary_key
 
     exp_id = setup(tracking_cfg, root)
     client = MlflowClient()
+    parent = find_or_create_parent(tracking_cfg, PARENT_KEY, PARENT_NAME,
+                                   {"run_type": "reference_group", "mlflow.note.content":
+                                    "Published numbers from src/pretrain3d/tracking/paper_references.yaml, one "
+                                    "child run each, under the metric keys of our runs."}, root=root)
+    if client.get_run(parent).info.status != "FINISHED":
+        client.set_terminated(parent, "FINISHED")
     existing = _existing(client, exp_id)
     counts = {"created": 0, "unchanged": 0, "deleted": 0}
     for ref in refs.references:
@@ -192,12 +207,22 @@ def log_reference_runs(refs: ReferenceFile, tracking_cfg, root: str | Path = "."
             if r is not keep:  # an outdated version of the entry, or a duplicate left by a concurrent run
                 client.delete_run(r.info.run_id)
                 counts["deleted"] += 1
+        name, now = run_name(ref), int(time.time() * 1000)
+        # the evaluation's key (val/mIoU) and the pipeline summary's key (full/ppkt/miou_mean)
+        metrics = {ref.metric_key: ref.logged_value,
+                   summary_key(ref.protocol, ref.method, f"{ref.metric}_mean"): ref.logged_value}
         if keep is not None:
+            if keep.data.tags.get("mlflow.parentRunId") != parent or keep.info.run_name != name:
+                # a run logged before references were grouped: move it under the parent, rename it
+                client.set_tag(keep.info.run_id, "mlflow.parentRunId", parent)
+                client.set_tag(keep.info.run_id, "mlflow.runName", name)
+            missing = [Metric(k, v, now, 0) for k, v in metrics.items() if k not in keep.data.metrics]
+            if missing:
+                client.log_batch(keep.info.run_id, metrics=missing)
             counts["unchanged"] += 1
             continue
-        run = client.create_run(exp_id, run_name=f"ref-{ref.id}", tags=_tags(refs, ref))
-        now = int(time.time() * 1000)
-        client.log_batch(run.info.run_id, metrics=[Metric(ref.metric_key, ref.logged_value, now, 0)])
+        run = client.create_run(exp_id, run_name=name, tags={**_tags(refs, ref), "mlflow.parentRunId": parent})
+        client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
         client.set_terminated(run.info.run_id, "FINISHED")
         counts["created"] += 1
     for runs in existing.values():  # entries no longer in the file

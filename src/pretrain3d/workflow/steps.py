@@ -292,14 +292,15 @@ def _query_modules(w: Wildcards) -> tuple[str, ...]:
 
 def report_outputs(cfg: Params) -> dict[str, str]:
     r = results_dir(cfg)
-    return {"summary": f"{r}/summary.json", "report": f"{r}/report.md", "renders": f"{r}/renders"}
+    return {"summary": f"{r}/summary.json", "report": f"{r}/report.md", "html": f"{r}/report.html",
+            "renders": f"{r}/renders"}
 
 
 def benchmark_report_outputs(cfg: Params) -> dict[str, str]:
     """The method comparison alone (fine-tuning protocols x seeds vs the papers), written as soon as its
     runs are evaluated: the full report also waits for the studies, queries and figures."""
     r = f"{results_dir(cfg)}/benchmark"
-    return {"summary": f"{r}/summary.json", "report": f"{r}/report.md"}
+    return {"summary": f"{r}/summary.json", "report": f"{r}/report.md", "html": f"{r}/report.html"}
 
 
 def _benchmark_file(cfg: Params, protocol: str) -> list[str]:
