@@ -16,6 +16,7 @@ if PARAMS.data.dataset == "synthetic" and not PARAMS.data.download.enabled:
         benchmark:
             "benchmarks/generate_synthetic.tsv"
         threads: PARAMS.data.workers
+        priority: 25  # before the jobs that need no data (real-data checks), which would hold its cores
         conda:
             "../envs/cpu.yaml"
         shell:
@@ -34,6 +35,7 @@ rule preprocess:
     benchmark:
         "benchmarks/preprocess.tsv"
     threads: PARAMS.data.workers
+    priority: 25
     conda:
         "../envs/cpu.yaml"
     shell:
@@ -59,6 +61,7 @@ for _dataset in W.extra_datasets(PARAMS):
         benchmark:
             f"benchmarks/dataset_data-{_dataset}.tsv"
         threads: PARAMS.data.workers
+        priority: 25
         conda:
             "../envs/cpu.yaml"
         shell:

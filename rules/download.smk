@@ -18,6 +18,7 @@ if PARAMS.data.download.enabled:
             "benchmarks/download.tsv"
         # Cluster compute nodes often have no internet: fetch on the submitting host.
         localrule: True
+        priority: 25
         conda:
             "../envs/cpu.yaml"
         shell:

@@ -48,6 +48,11 @@ def _say(msg: str) -> None:
     print(f"[pretrain3d] {msg}", file=sys.stderr)
 
 
+def _made(path: str, done: set[str]) -> bool:
+    """``path`` is an output of the run or inside one (a folder tracked by its digest file)."""
+    return path in done or any(path.startswith(d + os.sep) for d in done)
+
+
 def record_dvc_stages(cfg: Params, done_files: set[str], root: str | Path = ".") -> list[str]:
     """``dvc commit`` the DVC stages whose outputs are all in ``done_files``; returns their names."""
     root = Path(root)
@@ -77,7 +82,7 @@ def record_dvc_stages(cfg: Params, done_files: set[str], root: str | Path = ".")
     recorded = []
     with Repo(str(root)) as repo, repo.lock:
         stages = [s for s in repo.index.stages
-                  if s.outs and all(os.path.normpath(str(o.def_path)) in done for o in s.outs)]
+                  if s.outs and all(_made(os.path.normpath(str(o.def_path)), done) for o in s.outs)]
         # What `dvc commit -f <stage>` does, for all stages in one pass with one write of dvc.lock:
         # a commit per stage re-reads the index and rewrites the lock each time (176 s for the 52
         # stages of the README run, against 11 s in one pass).
