@@ -14,8 +14,8 @@ rule cache_features:
         "logs/cache_features.log",
     benchmark:
         "benchmarks/cache_features.tsv"
-    threads: PARAMS.data.workers
-    priority: 20
+    threads: PARAMS.train.threads  # torch threads of the teacher (stages/features.py)
+    priority: 22  # ahead of the pre-training jobs: PPKT's waits for it
     conda:
         "../envs/cpu.yaml"
     shell:

@@ -157,7 +157,8 @@ def stub_main(argv: list[str]) -> int:
         else:
             positional.append(rest[i])
         i += 1
-    step = STEPS[COMMAND_STEP[cmd]]
+    # `report --no-tracking` is the early method-comparison report (its own step)
+    step = STEPS["benchmark_report" if cmd == "report" and "no_tracking" in opts else COMMAND_STEP[cmd]]
     cfg = load_config(opts["config"])
     w = {k: opts.get(k) or (positional[0] if positional else "") for k in step.wildcards}
     frames = int(os.environ.get("BENCH_FRAMES", SCANNET_FRAMES)) if cfg.data.scannet.export_frames else 0

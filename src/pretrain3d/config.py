@@ -217,7 +217,10 @@ class DataConfig(_Strict):
     raw_root: str = "data/raw/synthetic"
     processed_root: str = "data/processed/synthetic"
     num_classes: int = Field(20, ge=1)
-    workers: int = Field(2, ge=1, description="Processes for generation and preprocessing.")
+    workers: int = Field(1, ge=1, description="Processes for generation and preprocessing (and the feature stage's "
+                         "threads): the job's Snakemake threads. 1 on the 2-core README run: Snakemake's scheduler "
+                         "prefers two 1-thread jobs to one 2-thread job of higher priority, so 2-thread data jobs "
+                         "waited behind everything else (issue 14).")
     synthetic: SyntheticConfig = SyntheticConfig()
     sevenscenes: SevenScenesConfig = SevenScenesConfig()
     scannet: ScanNetConfig = ScanNetConfig()
