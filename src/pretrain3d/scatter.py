@@ -6,9 +6,10 @@ the first appearance of a sparse-conv output). Each
 runs on torch's own ops (``scatter_reduce``, always available) or on torch-scatter when it is installed
 (an optional extra: ``pip install -e .[scatter]``, README "torch-scatter"). Both give the same numbers:
 
-* mean: torch-scatter's is ``scatter_add_`` then a division by the count; torch's ``scatter_reduce(...,
-  "mean")`` sums and divides the same way (tests/test_scatter.py compares them bit for bit on CPU and the
-  gradients too). On CUDA both sum with atomics, so the float sums may differ in the last bits run to run.
+* mean: both backends sum with torch's ``scatter_add`` and divide by the count (torch-scatter's mean is
+  Python over torch's ops, no kernel of its own); that is bit for bit what ``scatter_reduce(..., "mean")``
+  gave before on CPU (tests/test_scatter.py compares backends, values and gradients). On CUDA sums use
+  atomics, so the last bits of float sums may vary from run to run with either backend.
 * max / min: the value and, per target row and column, the arg-index of the source row that holds it;
   ties go to the lowest source row (torch-scatter's CPU kernel keeps the first strictly better value; the
   native path takes the lowest tied row explicitly). Its CUDA kernel lets any tied row win, so on a GPU
@@ -40,7 +41,10 @@ __all__ = ["BACKENDS", "AUTO", "ENV_VAR", "torch_scatter_status", "resolve_backe
 BACKENDS = ("native", "torch_scatter")
 ENV_VAR = "PRETRAIN3D_SCATTER"
 # Per op, the backend used when torch-scatter is importable and nothing else is asked for: the faster
-# one in scripts/bench_scatter.py on the project's shapes (figures: README "torch-scatter").
+# one in scripts/bench_scatter.py on the project's shapes, on CPU (README "torch-scatter"): mean is the
+# same torch ops either way; first is 3-20x faster native; max / min split 1:1 between two runs
+# (10^6 points: 7.6 vs 10.1 s, then 6.9 vs 8.6 s) and native breaks ties the same way on CUDA too.
+# Not yet measured on a GPU.
 AUTO = {"mean": "native", "max": "native", "min": "native", "first": "native"}
 
 
@@ -89,8 +93,11 @@ def scatter_mean(src: torch.Tensor, index: torch.Tensor, dim_size: int, *, backe
     index = index.long()
     if resolve_backend("mean", backend) == "torch_scatter":
         return _load_torch_scatter()[0].scatter_mean(src, index, dim=0, dim_size=int(dim_size))
-    out = src.new_zeros((int(dim_size), *src.shape[1:]))
-    return out.scatter_reduce(0, _expand(index, src), src, reduce="mean", include_self=False)
+    # a sum and a division by the count, as scatter_reduce(..., "mean") computes it (the same bits on CPU),
+    # but with the backward of a sum: scatter_reduce's mean backward took 5x longer at 10^6 points
+    total = src.new_zeros((int(dim_size), *src.shape[1:])).scatter_add(0, _expand(index, src), src)
+    count = torch.bincount(index, minlength=int(dim_size)).clamp_(min=1).to(src.dtype)
+    return total / count.view(-1, *([1] * (src.dim() - 1)))
 
 
 def scatter_max(src: torch.Tensor, index: torch.Tensor, dim_size: int, *,
