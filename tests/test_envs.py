@@ -40,3 +40,17 @@ def test_pins_are_exact_and_consistent_with_constraints():
         assert version, f"{req}: pin an exact version"
         c = constraints.get(name.lower().replace("_", "-")) or constraints.get(name.lower())
         assert c is None or c.split("==")[1].split("+")[0] == version.split("+")[0], f"{req} vs constraints {c}"
+
+
+def test_torch_scatter_is_optional_and_the_cuda_env_says_where_its_wheel_is():
+    """Not in the pinned environments (PyPI has its source only: a 10-20 min compile the README's commands
+    cannot afford); an extra, and PyG's wheel index named where the CUDA environment is made."""
+    import tomllib
+
+    for name in ("requirements-cpu.txt", "requirements-cuda.txt", "constraints-cpu.txt", "requirements-nodeps.txt"):
+        assert not [r for r in _reqs(name) if r.lower().replace("_", "-").startswith("torch-scatter")], name
+    assert not [d for d in _conda_pip("cuda.yaml") + _conda_pip("cpu.yaml") if "scatter" in d]
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(r.startswith("torch-scatter") for r in extras["scatter"])
+    for name in ("cuda.yaml", "requirements-cuda.txt"):
+        assert "https://data.pyg.org/whl/torch-" in (REPO / "envs" / name).read_text(), name

@@ -1,8 +1,8 @@
 """Sparse per-voxel features -> a dense feature volume over each scene's box (PonderV2's projector).
 
 ``scatter_mean_volume`` averages the backbone's voxel features into the cells of a dense grid
-(torch's own ``scatter_reduce``: torch-scatter is optional here, see DESIGN.md); empty cells are
-zero. ``DenseUNet3D`` is a small dense 3D UNet (conv-BN-ReLU, stride-2 downsampling,
+(``pretrain3d.scatter.scatter_mean``: torch's own ``scatter_reduce``, or torch-scatter when installed and
+faster); empty cells are zero. ``DenseUNet3D`` is a small dense 3D UNet (conv-BN-ReLU, stride-2 downsampling,
 transposed-conv upsampling with skip connections) that spreads the features into empty space,
 so that the field can be queried anywhere a ray passes.
 """
@@ -13,6 +13,8 @@ from typing import Sequence
 
 import torch
 from torch import nn
+
+from pretrain3d.scatter import scatter_mean
 
 __all__ = ["scatter_mean_volume", "DenseUNet3D"]
 
@@ -31,8 +33,7 @@ def scatter_mean_volume(feat: torch.Tensor, coord: torch.Tensor, batch: torch.Te
     cell = torch.floor(rel * sizes).long()
     cell = torch.minimum(cell.clamp(min=0), sizes - 1)
     flat = ((batch * X + cell[:, 0]) * Y + cell[:, 1]) * Z + cell[:, 2]
-    out = feat.new_zeros(B * X * Y * Z, C)
-    out = out.scatter_reduce(0, flat[:, None].expand(-1, C), feat, reduce="mean", include_self=False)
+    out = scatter_mean(feat, flat, B * X * Y * Z)
     return out.view(B, X, Y, Z, C).permute(0, 4, 1, 2, 3).contiguous()
 
 

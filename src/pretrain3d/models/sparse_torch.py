@@ -56,6 +56,8 @@ import torch
 from torch import nn
 from torch.nn import init
 
+from pretrain3d.scatter import scatter_first
+
 __all__ = [
     "SparseConvTensor", "SubMConv3d", "SparseConv3d", "SparseInverseConv3d", "PairList", "SubMMap", "ConvMap",
     "subm_map", "conv_map", "submconv", "sparseconv", "inverseconv",
@@ -381,9 +383,7 @@ def conv_map(indices: torch.Tensor, spatial_shape, ksize, stride, padding=(0, 0,
     n_out = uniq.shape[0]
     if n_out:
         # spconv lists the outputs in order of first appearance along that loop
-        p = key.shape[0]
-        first = torch.full((n_out,), p, dtype=torch.long, device=dev).scatter_reduce_(
-            0, inv, torch.arange(p, device=dev), "amin")
+        first = scatter_first(inv, n_out)
         perm = torch.argsort(first)
         uniq = uniq[perm]
         inv = torch.empty_like(perm).index_copy_(0, perm, torch.arange(n_out, device=dev))[inv]
