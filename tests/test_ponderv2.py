@@ -305,6 +305,11 @@ def test_overfitting_one_scene_renders_its_depth(tiny):
     (measured: 0.195 m vs a constant's 0.515 m after 120 steps; 0.33 m after 60 steps)."""
     tmp, scenes = tiny
     cfg = validate_config({"data": {"processed_root": str(tmp / "processed")}, "tracking": {"enabled": False}})
+    # one thread, as the pipeline's jobs (train.threads): the run alone defaulted to 2 threads, whose
+    # reduction order gave another trajectory (median error 0.260 vs the bound 0.2575, while the suite,
+    # where an earlier test had set 1 thread, passed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     model = PonderV2Model(build_backbone(cfg.model), cfg.pretrain.ponderv2)
     ds = PonderDataset(scenes[:1], cfg.pretrain, cfg.train.grid_size)
@@ -316,6 +321,7 @@ def test_overfitting_one_scene_renders_its_depth(tiny):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     r = render_view(model, scenes[0], 0, cfg.train.grid_size, scale=0.5)
+    torch.set_num_threads(threads)
     real = r["depth_real"]
     valid = real > 0
     constant = np.median(np.abs(real[valid] - np.median(real[valid])))
