@@ -438,21 +438,22 @@ def test_existing_venv_skips_the_venv_stage(m):
 
 
 def test_cmd_probe_rows_follow_the_same_pattern(m, tmp_path):
-    """A later system dependency (SLURM, PostgreSQL, chromium, ...) is one more row."""
+    """A later system dependency (SLURM, PostgreSQL, chromium, ...) is one more row. The command is one
+    no machine has (the UI test installs the real chromium on this one)."""
     table = tmp_path / "table.txt"
-    table.write_text("run  chromium  cmd:chromium  browser tests\nrun libusb-1.0-0 lib:libusb-1.0.so.0 open3d\n")
+    table.write_text("run  fake-browser  cmd:pretrain3d-fake-browser  browser tests\n"
+                     "run libusb-1.0-0 lib:libusb-1.0.so.0 open3d\n")
     r = m.run("scripts/system_deps.sh", "--table", str(table), "--python", "python3", "--check-only")
-    assert r.returncode == 1 and "chromium (for browser tests): chromium: not on PATH" in r.out
-    _write(m.bin / "chromium", FAKE_TOOL)
+    assert r.returncode == 1 and "fake-browser (for browser tests): pretrain3d-fake-browser: not on PATH" in r.out
+    _write(m.bin / "pretrain3d-fake-browser", FAKE_TOOL)
     r = m.run("scripts/system_deps.sh", "--table", str(table), "--python", "python3", "--check-only")
     _assert_ok(r)
     assert "all present" in r.out
-    _write(m.bin / "chromium", FAKE_TOOL)
-    (m.bin / "chromium").unlink()
+    (m.bin / "pretrain3d-fake-browser").unlink()
     r = m.run("scripts/system_deps.sh", "--table", str(table), "--python", "python3",
-              FAKE_PROVIDES="chromium=cmd:chromium")
+              FAKE_PROVIDES="fake-browser=cmd:pretrain3d-fake-browser")
     _assert_ok(r)
-    assert m.apt_calls(r) == ["apt-get install -y -q --no-install-recommends chromium"]
+    assert m.apt_calls(r) == ["apt-get install -y -q --no-install-recommends fake-browser"]
     table.write_text("run libusb-1.0-0 file:/usr/lib/x open3d\n")
     r = m.run("scripts/system_deps.sh", "--table", str(table), "--python", "python3")
     assert r.returncode == 1 and "unknown probe 'file:/usr/lib/x'" in r.out
